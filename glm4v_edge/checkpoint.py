@@ -1,0 +1,184 @@
+"""Load any GLM-4.1V checkpoint (hub id or folder) and read its token ids from the config.
+
+The embedded tiny model goes through exactly the same ``from_pretrained`` calls as
+``zai-org/GLM-4.1V-9B-Thinking``. No ``trust_remote_code``; safetensors only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    GenerationConfig,
+    Glm4vForConditionalGeneration,
+    PretrainedConfig,
+)
+from transformers import logging as transformers_logging
+
+from glm4v_edge.errors import Glm4vEdgeError
+
+HUB_ID = "zai-org/GLM-4.1V-9B-Thinking"
+HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SUPPORTED_MODEL_TYPES = ("glm4v",)
+
+
+def embedded_model_dir() -> Path:
+    """The trained tiny model that ships inside the package: every command's default."""
+    return Path(str(resources.files("glm4v_edge.tiny").joinpath("checkpoint")))
+
+
+def resolve_model(model: str | Path | None) -> str:
+    """A local folder (checked) or a hub id, as a string ``from_pretrained`` accepts."""
+    if model is None:
+        return str(embedded_model_dir())
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise Glm4vEdgeError(f"model must be a folder or a hub id, not a file: {text}")
+        if not (path / "config.json").is_file():
+            raise Glm4vEdgeError(f"not a Hugging Face checkpoint folder (no config.json): {text}")
+        return str(path)
+    if HUB_ID_PATTERN.match(text) and not text.startswith((".", "~")):
+        return text
+    raise Glm4vEdgeError(f"model folder not found: {text}")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _hub_error(model: str, error: Exception) -> Glm4vEdgeError:
+    if Path(model).is_dir():
+        return Glm4vEdgeError(f"cannot load checkpoint {model}: {_first_line(error)}")
+    return Glm4vEdgeError(
+        f"cannot load '{model}' from the Hugging Face hub: it is unreachable (offline?) and not in the local "
+        "cache; download it on a connected machine or pass a local folder with --model"
+    )
+
+
+def load_config(model: str | Path | None = None):
+    """The checkpoint's config, refusing anything that is not GLM-4.1V."""
+    name = resolve_model(model)
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(name)  # the JSON only: no class, no validation yet
+    except (OSError, ValueError) as error:
+        raise _hub_error(name, error) from None
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise Glm4vEdgeError(
+            f"{name} is a '{model_type}' checkpoint; glm4v-edge needs GLM-4.1V (model_type 'glm4v')"
+        )
+    try:
+        return AutoConfig.from_pretrained(name)
+    except Exception as error:  # transformers' config validation raises several types
+        raise Glm4vEdgeError(f"invalid config.json in {name}: {_first_line(error)}") from None
+
+
+def load_processor(model: str | Path | None = None):
+    """The checkpoint's own processor: tokenizer, chat template, image and video processors."""
+    name = resolve_model(model)
+    load_config(name)
+    try:
+        return AutoProcessor.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise _hub_error(name, error) from None
+
+
+def load_generation_config(model: str | Path | None = None) -> GenerationConfig:
+    name = resolve_model(model)
+    try:
+        return GenerationConfig.from_pretrained(name)
+    except OSError:
+        # Optional file: fall back to what the model config says.
+        return GenerationConfig.from_model_config(load_config(name))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are slow there), bf16 on CUDA."""
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load/save reports and progress bars: noise for a CLI user."""
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+def load_model(
+    model: str | Path | None = None, dtype: torch.dtype | None = None, device: str | None = None
+) -> Glm4vForConditionalGeneration:
+    name = resolve_model(model)
+    load_config(name)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    with quiet_transformers():
+        try:
+            loaded = Glm4vForConditionalGeneration.from_pretrained(name, dtype=dtype, use_safetensors=True)
+        except (OSError, ValueError) as error:
+            raise _hub_error(name, error) from None
+    return loaded.to(device).eval()
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Every id the runtime needs, read from the config and the tokenizer, never hard-coded."""
+
+    image: int
+    video: int
+    image_start: int
+    image_end: int
+    video_start: int
+    video_end: int
+    think_open: int
+    think_close: int
+    answer_open: int
+    eos: tuple[int, ...]
+    pad: int
+
+    @classmethod
+    def from_checkpoint(cls, config, tokenizer, generation_config: GenerationConfig) -> SpecialTokens:
+        def token(text: str) -> int:
+            token_id = tokenizer.convert_tokens_to_ids(text)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise Glm4vEdgeError(f"the tokenizer has no {text} token; is this a GLM-4.1V checkpoint?")
+            return token_id
+
+        eos = generation_config.eos_token_id
+        eos = tuple(eos) if isinstance(eos, (list, tuple)) else (eos,) if eos is not None else (tokenizer.eos_token_id,)
+        pad = generation_config.pad_token_id
+        return cls(
+            image=config.image_token_id,
+            video=config.video_token_id,
+            image_start=config.image_start_token_id,
+            image_end=config.image_end_token_id,
+            video_start=config.video_start_token_id,
+            video_end=config.video_end_token_id,
+            think_open=token("<think>"),
+            think_close=token("</think>"),
+            answer_open=token("<answer>"),
+            eos=eos,
+            pad=pad if pad is not None else eos[0],
+        )

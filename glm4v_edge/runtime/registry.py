@@ -1,0 +1,71 @@
+"""Every variant kind registered in one place: name -> loader.
+
+Callers (CLI, benchmark, demo) ask for a variant by name and get a ``Variant``; they never
+branch on what kind it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.manifest import DTYPE_SUFFIX
+from glm4v_edge.runtime.torch_variant import TorchVariant
+from glm4v_edge.runtime.variant import Variant
+
+Loader = Callable[..., Variant]
+LOADERS: dict[str, Loader] = {}
+
+
+def register(name: str, loader: Loader) -> None:
+    LOADERS[name] = loader
+
+
+def variant_names() -> list[str]:
+    return sorted(LOADERS)
+
+
+def load_variant(name: str, model: str | Path | None = None, **options) -> Variant:
+    """Load variant ``name`` of ``model`` (hub id or folder; None: the embedded tiny model)."""
+    if name not in LOADERS:
+        raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(variant_names())}")
+    return LOADERS[name](model, **options)
+
+
+def _torch_loader(dtype: torch.dtype | None) -> Loader:
+    def load(model, device: str | None = None, artifacts: str | Path | None = None,
+             threads: int | None = None) -> Variant:
+        if artifacts is not None:
+            raise Glm4vEdgeError("torch variants load a checkpoint: pass --model, not --artifacts")
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchVariant(model, dtype=dtype, device=device)
+    return load
+
+
+def _onnx_loader(dtype: str) -> Loader:
+    def load(model, device: str | None = None, artifacts: str | Path | None = None,
+             threads: int | None = None, vision_dtype: str | None = None) -> Variant:
+        from glm4v_edge.runtime.onnx_variant import OnnxVariant  # onnxruntime only when asked for
+
+        folder = artifacts or model
+        if folder is None:
+            raise Glm4vEdgeError(f"{onnx_name(dtype)} needs an artifacts folder made by `glm4v-edge export onnx` "
+                                 "(pass --artifacts FOLDER)")
+        return OnnxVariant(folder, dtype=dtype, vision_dtype=vision_dtype, device=device, threads=threads)
+    return load
+
+
+def onnx_name(dtype: str) -> str:
+    return f"onnx-{dtype}"
+
+
+register("torch", _torch_loader(None))  # fp32 on CPU, bf16 on CUDA
+register("torch-fp32", _torch_loader(torch.float32))
+register("torch-bf16", _torch_loader(torch.bfloat16))
+register("torch-fp16", _torch_loader(torch.float16))
+for _dtype in DTYPE_SUFFIX:
+    register(onnx_name(_dtype), _onnx_loader(_dtype))

@@ -1,0 +1,137 @@
+"""The baseline variant: the checkpoint in transformers, generating with ``model.generate``."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from glm4v_edge import checkpoint
+from glm4v_edge.runtime.detokenize import IncrementalDetokenizer
+from glm4v_edge.runtime.inputs import build_batch, context_length
+from glm4v_edge.runtime.sampling import ForceBudgetTokens, StopWhenSet, generation_settings
+from glm4v_edge.runtime.thinking_budget import ThinkingBudget
+from glm4v_edge.runtime.variant import Sampling, TokenEvent
+from glm4v_edge.thinking import ReplyParser
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class QueueStreamer(BaseStreamer):
+    """Hands new token ids from the generating thread to the consuming one."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        for token_id in value.flatten().tolist():
+            self.queue.put(token_id)
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class TorchVariant:
+    """A GLM-4.1V checkpoint run by transformers on CPU or CUDA."""
+
+    def __init__(
+        self, model: str | Path | None = None, *, dtype: torch.dtype | None = None,
+        device: str | None = None, name: str | None = None,
+    ):
+        self.device = device or checkpoint.default_device()
+        self.dtype = dtype or checkpoint.default_dtype(self.device)
+        self.source = checkpoint.resolve_model(model)
+        self.processor = checkpoint.load_processor(self.source)
+        self.model = checkpoint.load_model(self.source, dtype=self.dtype, device=self.device)
+        self.generation_config = checkpoint.load_generation_config(self.source)
+        self.tokens = checkpoint.SpecialTokens.from_checkpoint(
+            self.model.config, self.processor.tokenizer, self.generation_config
+        )
+        self.name = name or f"torch-{DTYPE_NAMES.get(self.dtype, str(self.dtype))}"
+
+    @property
+    def context_length(self) -> int:
+        return context_length(self.model.config)
+
+    def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
+        batch = build_batch(self.processor, [messages], max_positions=self.context_length)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def generate(
+        self,
+        messages: list[dict],
+        *,
+        max_new_tokens: int = 512,
+        sampling: Sampling | None = None,
+        thinking_budget: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[TokenEvent]:
+        started = time.perf_counter()
+        inputs = self.prepare(messages)
+        prompt_length = inputs["input_ids"].shape[1]
+        max_new_tokens = max(1, min(max_new_tokens, self.context_length - prompt_length))
+        budget = ThinkingBudget(
+            thinking_budget, self.tokens.think_open, self.tokens.think_close, self.tokens.answer_open
+        )
+        config = generation_settings(self.generation_config, sampling, max_new_tokens, self.tokens.pad)
+        if sampling is not None and sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+
+        streamer = QueueStreamer()
+        halt = threading.Event()  # set when the consumer stops reading
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs,
+                        generation_config=config,
+                        logits_processor=LogitsProcessorList([ForceBudgetTokens(budget, prompt_length)]),
+                        stopping_criteria=StoppingCriteriaList([StopWhenSet(stop, halt)]),
+                        streamer=streamer,
+                    )
+            except BaseException as error:  # re-raised in the consuming thread
+                streamer.queue.put(error)
+                streamer.queue.put(None)
+
+        worker = threading.Thread(target=run, name=f"{self.name}-generate", daemon=True)
+        worker.start()
+        detokenizer = IncrementalDetokenizer(self.processor.tokenizer)
+        parser = ReplyParser()
+        generated: list[int] = []
+        try:
+            while (item := streamer.queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                if item in self.tokens.eos:
+                    continue  # the end-of-turn marker is not part of the reply
+                generated.append(item)
+                text = detokenizer.add(item)
+                yield TokenEvent(
+                    token_id=item,
+                    text=text,
+                    pieces=tuple(parser.feed(text)),
+                    elapsed_s=time.perf_counter() - started,
+                    forced=budget.was_forced(np.asarray(generated)),
+                )
+        finally:
+            halt.set()
+            worker.join()
+
+    def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
+        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits
+        return logits.float().cpu().numpy()

@@ -1,0 +1,108 @@
+"""The one interface every variant (torch, ONNX, GPTQ, remote) implements.
+
+The benchmark, the CLI and the demo only ever talk to a ``Variant``; they never ask which
+kind it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from glm4v_edge.thinking import Piece, Reply, ReplyParser
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Overrides of the checkpoint's generation_config; ``None`` keeps the checkpoint's value."""
+
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    @classmethod
+    def greedy(cls) -> Sampling:
+        return cls(do_sample=False, repetition_penalty=1.0)
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "seed"}
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token, already decoded and split by the thinking parser."""
+
+    token_id: int
+    text: str  # the text this token completes ("" while a multi-byte character is pending)
+    pieces: tuple[Piece, ...]  # ``text`` split into thinking / answer
+    elapsed_s: float  # since generate() was called; the first event's is the time to first token
+    forced: bool = False  # inserted by the thinking budget, not chosen by the model
+
+
+@dataclass
+class GenerationResult:
+    """Everything a caller usually wants once a stream has ended."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    reply: Reply = field(default_factory=Reply)
+    first_token_s: float | None = None
+    total_s: float = 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens after the first, per second of decoding (prefill excluded)."""
+        if self.first_token_s is None or len(self.token_ids) < 2:
+            return None
+        decode_s = self.total_s - self.first_token_s
+        return (len(self.token_ids) - 1) / decode_s if decode_s > 0 else None
+
+
+def collect(events: Iterable[TokenEvent]) -> GenerationResult:
+    """Drain a token stream into a ``GenerationResult``."""
+    result = GenerationResult()
+    parser = ReplyParser()
+    texts = []
+    for event in events:
+        if result.first_token_s is None:
+            result.first_token_s = event.elapsed_s
+        result.token_ids.append(event.token_id)
+        result.total_s = event.elapsed_s
+        texts.append(event.text)
+        parser.feed(event.text)
+    parser.finish()
+    result.text = "".join(texts)
+    result.reply = parser.reply
+    return result
+
+
+@runtime_checkable
+class Variant(Protocol):
+    """A runnable form of the model. ``messages`` use the transformers chat format."""
+
+    name: str
+    processor: Any  # the transformers processor that turns messages into ids and pixels
+
+    def generate(
+        self,
+        messages: list[dict],
+        *,
+        max_new_tokens: int = 512,
+        sampling: Sampling | None = None,
+        thinking_budget: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[TokenEvent]:
+        """Stream the reply. ``thinking_budget`` N: after N thinking tokens force
+        ``</think><answer>``; 0 answers straight away. Setting ``stop`` ends the stream."""
+        ...
+
+    def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
+        """Teacher-forced logits (batch, seq, vocab) as float32 for a processor-made batch."""
+        ...

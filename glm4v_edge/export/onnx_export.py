@@ -1,0 +1,130 @@
+"""``glm4v-edge export onnx``: a checkpoint -> a self-contained, verified artifacts folder.
+
+Steps: export the three fp32 graphs, convert them to each asked precision, copy the
+processor/config files beside them, measure parity of every precision against the torch fp32
+source, write manifest.json. All of it happens in a staging folder that is renamed into
+place at the end, so an interrupted export never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from glm4v_edge import checkpoint
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.export import graphs
+from glm4v_edge.export.parity import NEW_TOKENS, greedy_ids, measure_parity, parity_prompts
+from glm4v_edge.export.precisions import Q4Settings, convert
+from glm4v_edge.files import atomic_directory
+from glm4v_edge.machine import describe_machine
+from glm4v_edge.manifest import GRAPHS, graph_file, write_manifest
+from glm4v_edge.runtime.onnx_variant import OnnxVariant
+from glm4v_edge.runtime.torch_variant import TorchVariant
+
+EXPORTERS = {
+    "vision_encoder": graphs.export_vision_encoder,
+    "embed_tokens": graphs.export_embed_tokens,
+    "decoder_model_merged": graphs.export_decoder,
+}
+TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "glm4v-edge")
+
+Report = Callable[[str], None]
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for tool in TOOLS:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            versions[tool] = "not installed"
+    return versions
+
+
+def source_record(source: str, config) -> dict:
+    """Where the weights came from: the hub id and commit, or the local folder."""
+    record = {"model": source, "model_type": config.model_type}
+    revision = getattr(config, "_commit_hash", None)
+    if revision:
+        record["revision"] = revision
+    return record
+
+
+def save_processor_files(source: str, folder: Path) -> None:
+    """Config, generation config, tokenizer, chat template and preprocessor configs."""
+    with checkpoint.quiet_transformers():
+        checkpoint.load_config(source).save_pretrained(folder)
+        checkpoint.load_generation_config(source).save_pretrained(folder)
+        checkpoint.load_processor(source).save_pretrained(folder)
+
+
+def export_step_count(dtypes: list[str]) -> int:
+    """How many times ``export_onnx`` calls ``report``, for a progress bar."""
+    conversions = len([d for d in dtypes if d != "fp32"])
+    return 1 + len(GRAPHS) * (1 + conversions) + 1 + (1 + conversions) + 1
+
+
+def export_onnx(
+    model: str | Path | None, out: str | Path, dtypes: list[str], *, overwrite: bool = False,
+    q4: Q4Settings = Q4Settings(), report: Report = lambda step: None,
+) -> dict:
+    """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest.
+
+    ``report`` is called with a description as each step starts.
+    """
+    source = checkpoint.resolve_model(model)
+    out = Path(out)
+    with atomic_directory(out, overwrite) as staging:
+        report("loading the source checkpoint (fp32)")
+        reference = TorchVariant(source, dtype=torch.float32, device="cpu", name="torch-fp32")
+        (staging / "onnx").mkdir()
+        save_processor_files(source, staging)
+        for graph in GRAPHS:
+            report(f"exporting {graph} (fp32)")
+            with torch.no_grad():
+                EXPORTERS[graph](reference.model, staging / graph_file(graph, "fp32"))
+        for dtype in dtypes:
+            if dtype == "fp32":
+                continue
+            for graph in GRAPHS:
+                report(f"converting {graph} to {dtype}")
+                convert(staging / graph_file(graph, "fp32"), dtype, staging / graph_file(graph, dtype), q4)
+
+        checked = ["fp32", *[d for d in dtypes if d != "fp32"]]
+        write_manifest(staging, {"dtypes": checked})  # provisional: lets the ONNX variant load
+        prompts = parity_prompts()
+        report("greedy reference replies from the torch source")
+        reference_ids = {name: greedy_ids(reference, messages, NEW_TOKENS) for name, messages in prompts.items()}
+        parity = {}
+        for dtype in checked:
+            report(f"parity of {dtype}")
+            parity[dtype] = measure_parity(reference, OnnxVariant(staging, dtype=dtype, device="cpu"),
+                                           prompts, reference_ids)
+            if dtype == "fp32":
+                failed = [name for name, result in parity[dtype].items() if not result["exact"]]
+                if failed:
+                    raise Glm4vEdgeError(
+                        f"the fp32 ONNX export does not reproduce the source's greedy output on: {', '.join(failed)}; "
+                        "nothing was written"
+                    )
+        if "fp32" not in dtypes:
+            for graph in GRAPHS:
+                fp32 = staging / graph_file(graph, "fp32")
+                fp32.unlink()
+                fp32.with_name(fp32.name + "_data").unlink(missing_ok=True)
+            del parity["fp32"]
+        report("writing manifest.json")
+        manifest = write_manifest(staging, {
+            "source": source_record(source, reference.model.config),
+            "dtypes": dtypes,
+            "q4": {"block_size": q4.block_size, "accuracy_level": q4.accuracy_level, "symmetric": q4.symmetric},
+            "parity": {"reference": "torch-fp32", "new_tokens": NEW_TOKENS, "results": parity},
+            "tools": tool_versions(),
+            "machine": describe_machine(),
+        })
+    return manifest

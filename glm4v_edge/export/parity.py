@@ -1,0 +1,92 @@
+"""Parity of a variant against the source model on fixed prompts, measured at export time.
+
+Per prompt: greedy-match length (the common prefix of the two greedy replies, up to
+``new_tokens``), and, teacher-forced on the reference's reply, top-1 agreement and the mean
+KL(reference || variant) of next-token distributions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from glm4v_edge.runtime.inputs import build_batch, extend_batch, user_message
+from glm4v_edge.runtime.variant import Sampling, Variant, collect
+from glm4v_edge.tiny import task
+
+NEW_TOKENS = 32
+
+
+def parity_prompts() -> dict[str, list[dict]]:
+    """Text only, one image, two images of different aspect ratios, a video.
+
+    Drawn from the shapes task's held-out split (any GLM-4.1V can look at them); the indices
+    are fixed, so every export measures the same prompts.
+    """
+    by_type = {"color": 1, "two_images": 3, "motion": 4}
+    samples = {kind: task.make_sample("parity", index) for kind, index in by_type.items()}
+    two = samples["two_images"]
+    ratios = [image.width / image.height for image in two.images]
+    assert abs(ratios[0] - ratios[1]) > 0.05, "the parity pair must differ in aspect ratio"
+    return {
+        "text": [user_message("Name three colours and three shapes.")],
+        "image": samples["color"].messages(),
+        "two_images": two.messages(),
+        "video": samples["motion"].messages(),
+    }
+
+
+@dataclass(frozen=True)
+class PromptParity:
+    reference_tokens: int  # greedy reply length of the reference (<= NEW_TOKENS)
+    greedy_match: int  # leading tokens the variant's greedy reply shares with it
+    exact: bool  # the two greedy replies are identical (same tokens, same stop)
+    top1_agreement: float  # teacher-forced on the reference reply
+    mean_kl: float
+
+
+def greedy_ids(variant: Variant, messages: list[dict], new_tokens: int) -> list[int]:
+    return collect(variant.generate(messages, max_new_tokens=new_tokens, sampling=Sampling.greedy())).token_ids
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """Top-1 agreement and mean KL(reference || candidate) over positions (rows)."""
+    ref, cand = log_softmax(reference.astype(np.float64)), log_softmax(candidate.astype(np.float64))
+    agreement = float((ref.argmax(-1) == cand.argmax(-1)).mean())
+    kl = float((np.exp(ref) * (ref - cand)).sum(-1).mean())
+    return agreement, max(kl, 0.0)
+
+
+def prompt_parity(
+    reference: Variant, candidate: Variant, messages: list[dict],
+    reference_ids: list[int] | None = None, new_tokens: int = NEW_TOKENS,
+) -> PromptParity:
+    reference_ids = reference_ids if reference_ids is not None else greedy_ids(reference, messages, new_tokens)
+    candidate_ids = greedy_ids(candidate, messages, new_tokens)
+    match = next((i for i, (a, b) in enumerate(zip(reference_ids, candidate_ids)) if a != b),
+                 min(len(reference_ids), len(candidate_ids)))
+    prompt = build_batch(reference.processor, [messages])
+    forced = extend_batch(prompt, reference_ids) if reference_ids else prompt
+    start = prompt["input_ids"].shape[1] - 1  # the position that predicts the first reply token
+    rows = slice(start, start + max(1, len(reference_ids)))
+    agreement, kl = compare_logits(reference.forward_logits(forced)[0, rows], candidate.forward_logits(forced)[0, rows])
+    return PromptParity(len(reference_ids), match, candidate_ids == reference_ids, agreement, kl)
+
+
+def measure_parity(
+    reference: Variant, candidate: Variant, prompts: dict[str, list[dict]],
+    reference_ids: dict[str, list[int]] | None = None,
+) -> dict[str, dict]:
+    """Parity per prompt name, as plain dicts for the manifest."""
+    results = {}
+    for name, messages in prompts.items():
+        known = reference_ids.get(name) if reference_ids else None
+        parity = prompt_parity(reference, candidate, messages, known)
+        results[name] = asdict(parity)
+    return results

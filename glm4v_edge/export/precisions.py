@@ -1,0 +1,133 @@
+"""fp32 ONNX graph -> the other precisions, each with onnxruntime's own tool.
+
+fp16 (activations and weights), q4 (int4 weights in MatMulNBits, fp32 activations), q4f16
+(int4 weights, fp16 activations), int8 (dynamic quantization: int8 weights, activations
+quantized per call).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.manifest import DTYPE_SUFFIX
+
+DTYPES = tuple(DTYPE_SUFFIX)
+
+# Kept in fp32 inside fp16 graphs: reductions and exponentials whose intermediate values
+# leave fp16's range (RMSNorm's mean of squares, softmax) and the position-embedding resampler.
+FP32_OPS = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Exp", "GridSample", "Cos", "Sin")
+
+
+@dataclass(frozen=True)
+class Q4Settings:
+    """MatMulNBits settings. Block 32 with accuracy level 4 (int8 activations in the kernel)
+    is what onnxruntime-genai's model builder uses for CPU."""
+
+    block_size: int = 32
+    accuracy_level: int = 4
+    symmetric: bool = True
+
+
+def parse_dtypes(text: str) -> list[str]:
+    """'fp32,q4' -> ['fp32', 'q4'], with a clear error for unknown names."""
+    chosen = [d.strip() for d in text.split(",") if d.strip()]
+    unknown = [d for d in chosen if d not in DTYPES]
+    if unknown or not chosen:
+        raise Glm4vEdgeError(f"unknown dtype(s) {', '.join(unknown) or text!r}; choose from {', '.join(DTYPES)}")
+    return list(dict.fromkeys(chosen))
+
+
+@contextmanager
+def quiet_converters() -> Iterator[None]:
+    """onnxruntime's converters log every tensor (and advice) at INFO and WARNING."""
+    loggers = [logging.getLogger(name) for name in
+               ("", "onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.transformers.float16")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 in all-zero blocks, handled by np.where
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    large = model.ByteSize() > 1.8e9 if model.ByteSize() >= 0 else True
+    onnx.save_model(model, str(path), save_as_external_data=large,
+                    location=path.name + "_data" if large else None)
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    with quiet_converters():
+        return convert_float_to_float16(model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite ``Gemm(x, W, b, transB=1)`` with a constant W as ``MatMul(x, W.T) + b``.
+
+    The exporter writes 2-D linear layers (the vision tower's) as Gemm, which the int4
+    quantizer does not handle; as MatMul they get int4 weights like the decoder's.
+    """
+    from onnx import helper, numpy_helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        weight = weights[node.input[1]]
+        if attrs.get("transB", 0):
+            transposed = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), weight.name)
+            weight.CopyFrom(transposed)
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = node.output[0] + "_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [product], name=node.name + "_matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def to_q4(model: onnx.ModelProto, settings: Q4Settings) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        gemm_to_matmul(model), bits=4, block_size=settings.block_size, is_symmetric=settings.symmetric,
+        accuracy_level=settings.accuracy_level, op_types_to_quantize=("MatMul", "Gather"),
+    )
+    with quiet_converters():
+        quantizer.process()
+    return quantizer.model.model
+
+
+def convert(fp32_path: Path, dtype: str, out_path: Path, q4: Q4Settings) -> None:
+    """Write ``fp32_path`` converted to ``dtype`` at ``out_path``."""
+    if dtype == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with quiet_converters():  # the quantizer logs every tensor at INFO on the root logger
+            quantize_dynamic(fp32_path, out_path, weight_type=QuantType.QInt8, per_channel=True)
+        return
+    model = onnx.load_model(str(fp32_path))
+    if dtype in ("fp16", "q4f16"):
+        model = to_fp16(model)
+    if dtype in ("q4", "q4f16"):
+        model = to_q4(model, q4)
+    _save(model, out_path)

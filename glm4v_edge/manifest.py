@@ -1,0 +1,79 @@
+"""``manifest.json`` of an artifacts folder: what was built from what, and the files' hashes.
+
+Export writes it last (inside the staging folder); loading checks every file it opens
+against it, so a truncated or swapped file is named instead of failing deep in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.files import atomic_write_text
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+# ONNX file names follow transformers.js / onnx-community: onnx/<graph><suffix>.onnx
+GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
+DTYPE_SUFFIX = {"fp32": "", "fp16": "_fp16", "q4": "_q4", "q4f16": "_q4f16", "int8": "_int8"}
+
+
+def graph_file(graph: str, dtype: str) -> str:
+    """Path of one graph in one precision, relative to the artifacts folder."""
+    if dtype not in DTYPE_SUFFIX:
+        raise Glm4vEdgeError(f"unknown ONNX dtype {dtype!r}; choose from {', '.join(DTYPE_SUFFIX)}")
+    return f"onnx/{graph}{DTYPE_SUFFIX[dtype]}.onnx"
+
+
+def sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(folder: Path) -> dict[str, dict]:
+    """Every file under ``folder`` (but the manifest) -> size and sha256."""
+    entries = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            entries[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
+    return entries
+
+
+def write_manifest(folder: Path, record: dict) -> dict:
+    manifest = {"format_version": FORMAT_VERSION, **record, "files": file_entries(folder)}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise Glm4vEdgeError(f"artifacts folder not found: {folder}")
+    if not path.is_file():
+        raise Glm4vEdgeError(f"{folder} has no {MANIFEST}; it is not a finished glm4v-edge export")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise Glm4vEdgeError(f"{path} is not valid JSON: {error}") from None
+
+
+def verify_file(folder: Path, manifest: dict, name: str) -> Path:
+    """``folder/name`` after checking its size and sha256 against the manifest."""
+    entry = manifest.get("files", {}).get(name)
+    path = Path(folder) / name
+    if entry is None:
+        raise Glm4vEdgeError(f"{name} is not listed in {folder}/{MANIFEST}; was it exported?")
+    if not path.is_file():
+        raise Glm4vEdgeError(f"{path} is missing (listed in {MANIFEST})")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise Glm4vEdgeError(f"{path} is {size} bytes, the manifest says {entry['bytes']}: truncated or replaced")
+    if sha256(path) != entry["sha256"]:
+        raise Glm4vEdgeError(f"{path} does not match its sha256 in {MANIFEST}: corrupted or replaced")
+    return path

@@ -1,0 +1,262 @@
+"""The ONNX variant: the exported graphs run by onnxruntime, the decode loop on the host.
+
+Per step the decoder sees only the new token; its key/value cache stays in onnxruntime
+``OrtValue``s bound through IO binding (on the GPU with onnxruntime-gpu's CUDA provider, so
+the cache never crosses to the host). The processor, the chat template, the thinking parser
+and the token choice are the same as the torch variant's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from glm4v_edge import checkpoint
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.manifest import graph_file, read_manifest, verify_file
+from glm4v_edge.runtime.detokenize import IncrementalDetokenizer
+from glm4v_edge.runtime.inputs import build_batch, context_length
+from glm4v_edge.runtime.positions import rope_positions, vision_patch_positions
+from glm4v_edge.runtime.sampling import LogitsChooser, generation_settings
+from glm4v_edge.runtime.thinking_budget import ThinkingBudget
+from glm4v_edge.runtime.variant import Sampling, TokenEvent
+from glm4v_edge.thinking import ReplyParser
+
+NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def default_onnx_device() -> str:
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
+class Graph:
+    """One ONNX session plus IO binding on the chosen device."""
+
+    def __init__(self, path: Path, device: str, threads: int | None):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initializers are noise here
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise Glm4vEdgeError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0]}") from None
+        self.device = device
+        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def float_type(self, name: str) -> type:
+        return NUMPY_TYPES[self.input_types[name]]
+
+    def value(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    def run(self, inputs: dict[str, np.ndarray | ort.OrtValue]) -> list[ort.OrtValue]:
+        binding = self.session.io_binding()
+        for name, value in inputs.items():
+            if isinstance(value, np.ndarray):
+                if self.input_types[name] in NUMPY_TYPES:
+                    value = value.astype(self.float_type(name), copy=False)
+                value = self.value(value)
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+
+@dataclass
+class DecodeState:
+    """What one step of the host loop carries to the next."""
+
+    past: list[ort.OrtValue]
+    attention_mask: np.ndarray  # (batch, past + new)
+    next_position: np.ndarray  # (batch,) the M-RoPE position of the next token
+    input_ids: torch.Tensor  # prompt + generated, for repetition penalty and the thinking budget
+
+
+class OnnxVariant:
+    """An artifacts folder written by ``glm4v-edge export onnx``, run by onnxruntime."""
+
+    def __init__(
+        self, artifacts: str | Path, *, dtype: str = "fp32", vision_dtype: str | None = None,
+        device: str | None = None, threads: int | None = None, name: str | None = None,
+    ):
+        self.folder = Path(artifacts)
+        self.manifest = read_manifest(self.folder)
+        self.device = device or default_onnx_device()
+        if self.device not in ("cpu", "cuda"):
+            raise Glm4vEdgeError(f"onnx variants run on cpu or cuda, not {self.device!r}")
+        vision_dtype = vision_dtype or dtype
+        self.processor = checkpoint.load_processor(self.folder)
+        self.config = checkpoint.load_config(self.folder)
+        self.generation_config = checkpoint.load_generation_config(self.folder)
+        self.tokens = checkpoint.SpecialTokens.from_checkpoint(
+            self.config, self.processor.tokenizer, self.generation_config
+        )
+        self.vision = self._graph("vision_encoder", vision_dtype, threads)
+        self.embed = self._graph("embed_tokens", dtype, threads)
+        self.decoder = self._graph("decoder_model_merged", dtype, threads)
+        self.layers = self.config.text_config.num_hidden_layers
+        self.past_names = [f"past_key_values.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+        text = self.config.text_config
+        self.kv_heads = text.num_key_value_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        suffix = "" if vision_dtype == dtype else f"+vision-{vision_dtype}"
+        self.name = name or f"onnx-{dtype}{suffix}"
+
+    def _graph(self, graph: str, dtype: str, threads: int | None) -> Graph:
+        name = graph_file(graph, dtype)
+        if name not in self.manifest.get("files", {}):
+            exported = ", ".join(self.manifest.get("dtypes", [])) or "none"
+            raise Glm4vEdgeError(f"{self.folder} has no {dtype} export ({name}); exported dtypes: {exported}")
+        path = verify_file(self.folder, self.manifest, name)
+        if f"{name}_data" in self.manifest["files"]:
+            verify_file(self.folder, self.manifest, f"{name}_data")
+        return Graph(path, self.device, threads)
+
+    @property
+    def context_length(self) -> int:
+        return context_length(self.config)
+
+    # --- the three graphs -------------------------------------------------------------
+
+    def vision_features(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Merged features of every image, then every video frame pair, in prompt order."""
+        merge = self.config.vision_config.spatial_merge_size
+        pieces = []
+        for pixels_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+            if batch.get(pixels_key) is None:
+                continue
+            pixels, start = batch[pixels_key], 0
+            for t, h, w in batch[grid_key]:
+                for _ in range(int(t)):  # one call per image or frame pair (see export.graphs)
+                    grid = np.array([[1, h, w]], dtype=np.int64)
+                    inputs = {
+                        "pixel_values": pixels[start:start + h * w],
+                        "grid_thw": grid,
+                        "position_ids": vision_patch_positions(grid[0], merge),
+                    }
+                    pieces.append(self.vision.run(inputs)[0].numpy())
+                    start += h * w
+        return np.concatenate(pieces).astype(np.float32) if pieces else None
+
+    def input_embeddings(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        embeds = self.embed.run({"input_ids": batch["input_ids"]})[0].numpy().astype(np.float32)
+        features = self.vision_features(batch)
+        if features is not None:
+            media = batch["mm_token_type_ids"] != 0
+            if int(media.sum()) != len(features):
+                raise Glm4vEdgeError(
+                    f"the prompt has {int(media.sum())} media tokens but the images give {len(features)} features"
+                )
+            embeds[media] = features
+        return embeds
+
+    def decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+               past: list[ort.OrtValue], keep: int) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        inputs = {
+            "inputs_embeds": embeds, "attention_mask": mask.astype(np.int64), "position_ids": positions,
+            "num_logits_to_keep": np.array(keep, dtype=np.int64), **dict(zip(self.past_names, past)),
+        }
+        logits, *present = self.decoder.run(inputs)
+        return logits.numpy().astype(np.float32), present
+
+    def empty_cache(self, batch_size: int) -> list[ort.OrtValue]:
+        dtype = self.decoder.float_type("past_key_values.0.key")
+        empty = np.zeros((batch_size, self.kv_heads, 0, self.head_dim), dtype=dtype)
+        return [self.decoder.value(empty) for _ in self.past_names]
+
+    # --- prefill and decode steps ------------------------------------------------------
+
+    def _numpy_batch(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    def _positions(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return rope_positions(
+            batch["input_ids"], batch["attention_mask"], batch.get("mm_token_type_ids"),
+            batch.get("image_grid_thw"), batch.get("video_grid_thw"), self.config.vision_config.spatial_merge_size,
+        )
+
+    def prefill(self, batch: dict[str, Any]) -> tuple[np.ndarray, DecodeState]:
+        """Run the prompt; return the last position's logits (batch, vocab) and the state."""
+        batch = self._numpy_batch(batch)
+        positions, next_position = self._positions(batch)
+        mask = batch["attention_mask"]
+        logits, present = self.decode(
+            self.input_embeddings(batch), mask, positions, self.empty_cache(len(mask)), keep=1
+        )
+        state = DecodeState(present, mask, next_position, torch.from_numpy(batch["input_ids"]))
+        return logits[:, -1], state
+
+    def step(self, state: DecodeState, token_ids: np.ndarray) -> np.ndarray:
+        """Feed one new token per row; return the next logits (batch, vocab)."""
+        ids = token_ids.reshape(-1, 1).astype(np.int64)
+        embeds = self.embed.run({"input_ids": ids})[0].numpy()
+        positions = np.broadcast_to(state.next_position[None, :, None], (3, len(ids), 1))
+        state.attention_mask = np.concatenate([state.attention_mask, np.ones_like(ids)], axis=1)
+        logits, state.past = self.decode(embeds, state.attention_mask, positions, state.past, keep=1)
+        state.next_position = state.next_position + 1
+        state.input_ids = torch.cat([state.input_ids, torch.from_numpy(ids)], dim=1)
+        return logits[:, -1]
+
+    # --- the Variant protocol ------------------------------------------------------------
+
+    def generate(
+        self,
+        messages: list[dict],
+        *,
+        max_new_tokens: int = 512,
+        sampling: Sampling | None = None,
+        thinking_budget: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[TokenEvent]:
+        started = time.perf_counter()
+        batch = build_batch(self.processor, [messages], max_positions=self.context_length)
+        prompt_length = batch["input_ids"].shape[1]
+        max_new_tokens = max(1, min(max_new_tokens, self.context_length - prompt_length))
+        config = generation_settings(self.generation_config, sampling, max_new_tokens, self.tokens.pad)
+        budget = ThinkingBudget(
+            thinking_budget, self.tokens.think_open, self.tokens.think_close, self.tokens.answer_open
+        )
+        choose = LogitsChooser(config, budget, prompt_length, sampling.seed if sampling else None)
+        detokenizer = IncrementalDetokenizer(self.processor.tokenizer)
+        parser = ReplyParser()
+        generated: list[int] = []
+
+        logits, state = self.prefill(batch)
+        for _ in range(max_new_tokens):
+            if stop is not None and stop.is_set():
+                return
+            token = int(choose(state.input_ids, torch.from_numpy(logits))[0])
+            if token in self.tokens.eos:
+                return
+            generated.append(token)
+            text = detokenizer.add(token)
+            yield TokenEvent(
+                token_id=token,
+                text=text,
+                pieces=tuple(parser.feed(text)),
+                elapsed_s=time.perf_counter() - started,
+                forced=budget.was_forced(np.asarray(generated)),
+            )
+            if len(generated) < max_new_tokens:
+                logits = self.step(state, np.array([token]))
+
+    def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
+        batch = self._numpy_batch(batch)
+        positions, _ = self._positions(batch)
+        mask = batch["attention_mask"]
+        logits, _ = self.decode(
+            self.input_embeddings(batch), mask, positions, self.empty_cache(len(mask)), keep=mask.shape[1]
+        )
+        return logits

@@ -1,0 +1,302 @@
+"""The ``glm4v-edge`` command line: subcommands only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from glm4v_edge.errors import Glm4vEdgeError
+
+app = typer.Typer(
+    help="Run GLM-4.1V-9B-Thinking on cheaper hardware. With no --model, commands use the embedded tiny model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tiny_app = typer.Typer(help="The embedded tiny GLM-4.1V: train, evaluate, sample its task, random larger shapes.",
+                       no_args_is_help=True)
+app.add_typer(tiny_app, name="tiny")
+export_app = typer.Typer(help="Export a checkpoint to other runtimes.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id (e.g. zai-org/GLM-4.1V-9B-Thinking) or checkpoint folder. "
+                 "Default: the embedded tiny model."),
+]
+VariantOption = Annotated[str, typer.Option("--variant", help="Which variant to run (see `glm4v-edge variants`).")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... Default: cuda if available.")]
+ArtifactsOption = Annotated[Path | None, typer.Option(
+    "--artifacts", help="Folder made by `glm4v-edge export onnx`, for the onnx-* variants.")]
+ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads. Default: the runtime's.")]
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=errors,
+    )
+
+
+def variant_options(device: str | None, artifacts: Path | None = None, threads: int | None = None) -> dict:
+    options = {"device": device, "artifacts": artifacts, "threads": threads}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+@app.command()
+def chat(
+    prompt: Annotated[str, typer.Argument(help="The question or instruction.")],
+    image: Annotated[list[Path] | None, typer.Option("--image", "-i", help="Image file; repeat for several.")] = None,
+    video: Annotated[Path | None, typer.Option("--video", help="Video file (sampled at the processor's fps).")] = None,
+    model: ModelOption = None,
+    variant: VariantOption = "torch",
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    thinking_budget: Annotated[int | None, typer.Option(
+        "--thinking-budget", min=0, help="Force </think><answer> after N thinking tokens; 0 answers at once.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Upper bound on reply tokens.")] = 1024,
+    sample: Annotated[bool | None, typer.Option(
+        "--sample/--greedy", help="Sample or decode greedily. Default: the checkpoint's generation_config.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Top-k sampling.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Top-p (nucleus) sampling.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="Repetition penalty (1.0: none).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Print only the answer.")] = False,
+    device: DeviceOption = None,
+    artifacts: ArtifactsOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Ask one question, with optional images or a video; streams thinking (dimmed) and the answer."""
+    from glm4v_edge.runtime import Sampling, load_variant
+    from glm4v_edge.runtime.inputs import user_message
+    from glm4v_edge.thinking import ReplyParser
+
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append(user_message(prompt, images=list(image or []), video=video))
+    runner = load_variant(variant, model, **variant_options(device, artifacts, threads))
+    sampling = Sampling(
+        do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, seed=seed,
+    )
+    stop = threading.Event()
+    parser = ReplyParser()
+    count, first, last, channel = 0, None, 0.0, None
+    try:
+        for event in runner.generate(messages, max_new_tokens=max_new_tokens, sampling=sampling,
+                                     thinking_budget=thinking_budget, stop=stop):
+            count += 1
+            first = event.elapsed_s if first is None else first
+            last = event.elapsed_s
+            for piece in parser.feed(event.text):
+                if piece.channel == "thinking" and hide_thinking:
+                    continue
+                if channel == "thinking" and piece.channel == "answer" and not hide_thinking:
+                    console.print()
+                    console.print()
+                channel = piece.channel
+                style = "dim" if piece.channel == "thinking" else ("bold" if piece.in_box else None)
+                console.print(piece.text, style=style, end="", markup=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        stop.set()
+        errors.print("\n[interrupted]")
+    console.print()
+    if count and first is not None:
+        rate = (count - 1) / (last - first) if count > 1 and last > first else float("nan")
+        errors.print(
+            f"{count} tokens · {rate:.1f} tokens/s decode · first token after {first:.2f} s · {runner.name}",
+            style="dim",
+        )
+
+
+@app.command()
+def variants() -> None:
+    """List the variant names --variant accepts."""
+    from glm4v_edge.runtime import variant_names
+
+    for name in variant_names():
+        console.print(name)
+
+
+@export_app.command("onnx")
+def export_onnx(
+    out: Annotated[Path, typer.Option(help="Artifacts folder to write (onnx-community layout).")],
+    model: ModelOption = None,
+    dtypes: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, q4, q4f16, int8.")] = "fp32,fp16,q4,q4f16,int8",
+    block_size: Annotated[int, typer.Option(min=16, help="q4: weights per quantization block (a power of 2).")] = 32,
+    accuracy_level: Annotated[int, typer.Option(
+        min=0, max=4, help="q4: MatMulNBits compute precision (4: int8 activations, fastest on CPU; 0: as the input).")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifacts folder.")] = False,
+) -> None:
+    """Vision encoder, token embedding and KV-cache decoder as ONNX, with parity measured against torch fp32."""
+    from glm4v_edge.export.onnx_export import export_onnx as run_export
+    from glm4v_edge.export.onnx_export import export_step_count
+    from glm4v_edge.export.precisions import Q4Settings, parse_dtypes
+    from glm4v_edge.files import check_output_folder
+
+    chosen = parse_dtypes(dtypes)
+    check_output_folder(out, overwrite)
+    q4 = Q4Settings(block_size=block_size, accuracy_level=accuracy_level)
+    with progress_bar() as progress:
+        bar = progress.add_task("export", total=export_step_count(chosen), status="")
+
+        started = []
+
+        def report(step: str) -> None:  # a step starts: the previous one is done
+            progress.update(bar, completed=len(started), status=step)
+            started.append(step)
+
+        manifest = run_export(model, out, chosen, overwrite=overwrite, q4=q4, report=report)
+        progress.update(bar, completed=export_step_count(chosen), status="done")
+    table = Table(title=f"parity against torch fp32 · greedy match of {manifest['parity']['new_tokens']} new tokens")
+    for column in ("dtype", "prompt", "greedy match", "top-1 agreement", "mean KL"):
+        table.add_column(column, justify="left" if column in ("dtype", "prompt") else "right")
+    for dtype, results in manifest["parity"]["results"].items():
+        for prompt, result in results.items():
+            table.add_row(dtype, prompt, f"{result['greedy_match']}/{result['reference_tokens']}",
+                          f"{result['top1_agreement']:.1%}", f"{result['mean_kl']:.2e}")
+    console.print(table)
+    size = sum(entry["bytes"] for entry in manifest["files"].values())
+    console.print(f"wrote {out} ({size / 1e6:.1f} MB); chat with it: "
+                  f"glm4v-edge chat \"...\" --variant onnx-{chosen[-1]} --artifacts {out}", soft_wrap=True)
+
+
+@tiny_app.command("train")
+def tiny_train(
+    out: Annotated[Path, typer.Option(help="Where to write the checkpoint.")] = Path("artifacts/tiny-checkpoint"),
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps. Default: the tuned recipe's (4000).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Questions per step. Default: the recipe's (32).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and batch order.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda; the recipe was tuned on CPU.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads. Default: torch's choice.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing checkpoint at --out.")] = False,
+) -> None:
+    """Train the tiny model from scratch (about an hour on 2 CPU cores) and save it atomically."""
+    import torch
+
+    from glm4v_edge.files import check_output_folder
+    from glm4v_edge.tiny import train
+
+    check_output_folder(out, overwrite)  # before training, not after an hour of it
+    if threads:
+        torch.set_num_threads(threads)
+    chosen = {"steps": steps, "batch_size": batch_size}
+    settings = train.TrainSettings(seed=seed, device=device, **{k: v for k, v in chosen.items() if v is not None})
+    with progress_bar() as progress:
+        bar = progress.add_task("training", total=settings.steps, status="")
+        accuracy = "-"
+
+        def on_step(state: train.TrainState) -> None:
+            nonlocal accuracy
+            if state.probe_accuracy is not None:
+                accuracy = f"{state.probe_accuracy:.0%}"
+            progress.update(bar, completed=state.step, status=f"loss {state.loss:.3f} · probe {accuracy}")
+
+        result = train.train(settings, on_step=on_step)
+    train.save_trained(result, out, overwrite=overwrite)
+    console.print(f"saved {out} after {result.seconds / 60:.1f} minutes of training "
+                  f"(probe accuracy {result.probes[-1].probe_accuracy:.0%}); "
+                  f"check it with: glm4v-edge tiny eval --model {out}", soft_wrap=True)
+
+
+@tiny_app.command("eval")
+def tiny_eval(
+    model: ModelOption = None,
+    variant: VariantOption = "torch",
+    count: Annotated[int, typer.Option(min=1, help="Held-out questions (question types in rotation).")] = 500,
+    thinking_budget: Annotated[int | None, typer.Option(min=0, help="Thinking budget for every reply.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+    device: DeviceOption = None,
+    artifacts: ArtifactsOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Greedy exact-match accuracy on held-out questions, overall and per question type."""
+    from glm4v_edge.files import atomic_write_text
+    from glm4v_edge.machine import describe_machine
+    from glm4v_edge.runtime import load_variant
+    from glm4v_edge.tiny.eval import evaluate
+
+    runner = load_variant(variant, model, **variant_options(device, artifacts, threads))
+    started = time.perf_counter()
+    with progress_bar() as progress:
+        bar = progress.add_task(f"eval {runner.name}", total=count, status="")
+        correct = 0
+
+        def on_sample(outcome) -> None:
+            nonlocal correct
+            correct += outcome.correct
+            progress.update(bar, advance=1, status=f"{correct}/{outcome.index + 1} right")
+
+        report = evaluate(runner, count, thinking_budget=thinking_budget, on_sample=on_sample)
+    table = Table(title=f"held-out exact match · {runner.name}")
+    for column in ("question type", "correct", "total", "accuracy"):
+        table.add_column(column, justify="left" if column == "question type" else "right")
+    for qtype, (right, total) in report.per_type().items():
+        table.add_row(qtype, str(right), str(total), f"{right / total:.1%}")
+    table.add_row("overall", str(sum(o.correct for o in report.outcomes)), str(count), f"{report.accuracy():.1%}",
+                  style="bold")
+    console.print(table)
+    if json_out:
+        record = {
+            "command": " ".join(["glm4v-edge", *sys.argv[1:]]),
+            "model": model or "embedded tiny model",
+            "thinking_budget": thinking_budget,
+            "seconds": round(time.perf_counter() - started, 1),
+            **report.to_dict(),
+            "machine": describe_machine(),
+        }
+        atomic_write_text(json_out, json.dumps(record, indent=2) + "\n")
+
+
+@tiny_app.command("sample")
+def tiny_sample(
+    out: Annotated[Path, typer.Option(help="Folder for the media files.")] = Path("."),
+    qtype: Annotated[str, typer.Option("--type", help="count, color, shape, two_images or motion.")] = "count",
+    index: Annotated[int, typer.Option(help="Which held-out sample of that type.")] = 0,
+) -> None:
+    """Write one held-out question's image(s) or video and print the matching chat command."""
+    from glm4v_edge.tiny import task
+    from glm4v_edge.tiny.samples import write_sample
+
+    if qtype not in task.QUESTION_TYPES:
+        raise Glm4vEdgeError(f"unknown question type {qtype!r}; choose one of: {', '.join(task.QUESTION_TYPES)}")
+    sample, files = write_sample(out, qtype, index)
+    media = " ".join(f"--video {f}" if f.suffix == ".mp4" else f"--image {f}" for f in files)
+    console.print(f"expected answer: {sample.answer}")
+    console.print(f'glm4v-edge chat "{sample.question}" {media}', markup=False, soft_wrap=True)
+
+
+@tiny_app.command("random")
+def tiny_random(
+    preset: Annotated[str, typer.Option(help="medium (~1.4 B, CPU latency work) or 9b (the real shape).")] = "medium",
+    out: Annotated[Path | None, typer.Option(help="Output folder. Default: artifacts/random-PRESET.")] = None,
+    dtype: Annotated[str, typer.Option(help="Weight dtype: fp32, bf16 or fp16.")] = "bf16",
+    config_only: Annotated[bool, typer.Option(help="Write config, tokenizer and processor, no weights.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder at --out.")] = False,
+) -> None:
+    """Write a same-architecture checkpoint with random weights, for speed measurements."""
+    from glm4v_edge.tiny.random_checkpoint import write_random_checkpoint
+
+    out = out or Path(f"artifacts/random-{preset}")
+    write_random_checkpoint(preset, out, dtype=dtype, config_only=config_only, overwrite=overwrite)
+    console.print(f"saved {out}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 1."""
+    try:
+        app(prog_name="glm4v-edge")
+    except Glm4vEdgeError as error:
+        errors.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+        sys.exit(1)

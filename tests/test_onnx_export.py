@@ -1,0 +1,213 @@
+"""ONNX export of the embedded model: every precision, the KV-cache runtime, parity, manifest."""
+
+from __future__ import annotations
+
+import shutil
+
+import json
+
+import numpy as np
+import pytest
+
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.manifest import GRAPHS, graph_file, read_manifest
+from glm4v_edge.runtime import Sampling, Variant, collect, load_variant
+from glm4v_edge.runtime.inputs import build_batch, extend_batch
+from glm4v_edge.runtime.onnx_variant import OnnxVariant
+from glm4v_edge.tiny import task
+from tests.conftest import assert_one_line_error, run_cli
+
+DTYPES = ["fp32", "fp16", "q4", "q4f16", "int8"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from glm4v_edge.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    export_onnx(None, out, DTYPES)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(artifacts):
+    return OnnxVariant(artifacts, dtype="fp32", device="cpu")
+
+
+def heldout(qtype: str, index: int = 0) -> task.Sample:
+    return task.make_sample("heldout", task.QUESTION_TYPES.index(qtype) + index * len(task.QUESTION_TYPES))
+
+
+def test_folder_is_self_contained_onnx_community_layout(artifacts):
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja",
+                 "processor_config.json", "manifest.json"):
+        assert (artifacts / name).is_file(), name
+    manifest = read_manifest(artifacts)
+    for graph in GRAPHS:
+        for dtype in DTYPES:
+            entry = manifest["files"][graph_file(graph, dtype)]
+            assert entry["bytes"] == (artifacts / graph_file(graph, dtype)).stat().st_size
+            assert len(entry["sha256"]) == 64
+    assert manifest["source"]["model_type"] == "glm4v"
+    assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest["tools"])
+    assert not [p for p in artifacts.parent.iterdir() if ".partial-" in p.name]  # staging folder renamed away
+
+
+def test_int4_graphs_are_smaller(artifacts):
+    size = {d: (artifacts / graph_file("decoder_model_merged", d)).stat().st_size for d in DTYPES}
+    assert size["q4"] < size["int8"] < size["fp16"] < size["fp32"]
+    vision = {d: (artifacts / graph_file("vision_encoder", d)).stat().st_size for d in ("fp32", "q4")}
+    assert vision["q4"] < 0.7 * vision["fp32"]  # the vision tower's Gemms were quantized too
+
+
+def test_parity_recorded_for_every_dtype(artifacts):
+    results = read_manifest(artifacts)["parity"]["results"]
+    assert set(results) == set(DTYPES)
+    for dtype, prompts in results.items():
+        assert set(prompts) == {"text", "image", "two_images", "video"}
+    # fp32 is the same computation: identical greedy replies, distributions equal to rounding.
+    for result in results["fp32"].values():
+        assert result["exact"] and result["top1_agreement"] == 1.0 and result["mean_kl"] < 1e-6
+    # fp16 rounds activations to 11 bits; on this model that moves no greedy choice and the
+    # KL stays ~1e-6 (measured 6e-6 at most), so 1e-4 leaves room for other CPUs' kernels.
+    for result in results["fp16"].values():
+        assert result["exact"] and result["mean_kl"] < 1e-4
+    # int8 and int4 weights change the numbers measurably: KL up to ~1e-2 on the text-only
+    # prompt (outside the task the model was trained on), ~1e-4 on the task's own prompts,
+    # where the top-1 choice should hardly ever move.
+    for dtype in ("int8", "q4", "q4f16"):
+        for prompt, result in results[dtype].items():
+            assert result["mean_kl"] < 0.1, (dtype, prompt)
+            if prompt != "text":
+                assert result["top1_agreement"] >= 0.9 and result["mean_kl"] < 1e-2, (dtype, prompt)
+
+
+def test_onnx_variant_is_a_variant(onnx_fp32):
+    assert isinstance(onnx_fp32, Variant)
+    assert onnx_fp32.name == "onnx-fp32"
+
+
+@pytest.mark.parametrize("qtype", ["count", "two_images", "motion"])
+def test_fp32_generates_the_torch_reply(tiny_variant, onnx_fp32, qtype):
+    sample = heldout(qtype, 1)
+    ours = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=80, sampling=Sampling.greedy()))
+    theirs = collect(tiny_variant.generate(sample.messages(), max_new_tokens=80, sampling=Sampling.greedy()))
+    assert ours.token_ids == theirs.token_ids
+    assert ours.reply.final_answer == sample.answer
+
+
+def test_kv_cache_decode_equals_full_recompute(onnx_fp32):
+    sample = heldout("color")
+    batch = build_batch(onnx_fp32.processor, [sample.messages()])
+    logits, state = onnx_fp32.prefill(batch)
+    stepped, tokens = [logits[0]], []
+    for _ in range(12):
+        tokens.append(int(stepped[-1].argmax()))
+        stepped.append(onnx_fp32.step(state, np.array(tokens[-1:]))[0])
+    full = onnx_fp32.forward_logits(extend_batch(batch, tokens))[0]
+    prompt = batch["input_ids"].shape[1]
+    np.testing.assert_allclose(np.stack(stepped), full[prompt - 1:], atol=1e-4)
+
+
+def test_batch_of_two_left_padded_prompts(tiny_variant, onnx_fp32):
+    samples = [heldout("count"), heldout("shape", 2)]  # different image sizes: different lengths
+    batch = build_batch(onnx_fp32.processor, [s.messages() for s in samples])
+    mask = batch["attention_mask"].numpy().astype(bool)
+    assert not mask.all()  # one row really is padded
+    ours, theirs = onnx_fp32.forward_logits(batch), tiny_variant.forward_logits(batch)
+    np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4)
+    # Batched greedy decode with the cache matches each prompt decoded alone.
+    logits, state = onnx_fp32.prefill(batch)
+    together = []
+    for _ in range(8):
+        tokens = logits.argmax(-1)
+        together.append(tokens)
+        logits = onnx_fp32.step(state, tokens)
+    for row, sample in enumerate(samples):
+        alone = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=8, sampling=Sampling.greedy()))
+        assert [int(t[row]) for t in together][:len(alone.token_ids)] == alone.token_ids
+
+
+def test_video_through_onnx_q4(artifacts):
+    variant = load_variant("onnx-q4", artifacts=artifacts, device="cpu")
+    sample = heldout("motion", 2)
+    result = collect(variant.generate(sample.messages(), max_new_tokens=80, sampling=Sampling.greedy()))
+    assert result.reply.final_answer in task.DIRECTIONS
+
+
+def test_vision_and_decoder_precisions_can_differ(artifacts):
+    variant = OnnxVariant(artifacts, dtype="q4", vision_dtype="fp32", device="cpu")
+    assert variant.name == "onnx-q4+vision-fp32"
+    result = collect(variant.generate(heldout("color").messages(), max_new_tokens=80, sampling=Sampling.greedy()))
+    assert result.reply.final_answer
+
+
+def test_thinking_budget_zero_through_onnx(onnx_fp32):
+    result = collect(onnx_fp32.generate(heldout("count").messages(), max_new_tokens=40,
+                                        sampling=Sampling.greedy(), thinking_budget=0))
+    assert result.text.startswith("<think></think><answer>")
+
+
+def test_chat_cli_with_onnx_variant(artifacts):
+    media = task.make_sample("heldout", 0).images[0]
+    image = artifacts.parent / "count.png"
+    media.save(image)
+    result = run_cli("chat", "How many shapes?", "--image", str(image), "--variant", "onnx-int8",
+                     "--artifacts", str(artifacts), "--greedy", "--max-new-tokens", "60")
+    assert result.returncode == 0, result.stderr
+    assert "onnx-int8" in result.stderr
+
+
+@pytest.fixture
+def damaged_copy(artifacts, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(artifacts, copy)
+    return copy
+
+
+def test_sha256_mismatch_is_a_clear_error(damaged_copy):
+    path = damaged_copy / graph_file("decoder_model_merged", "fp32")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Glm4vEdgeError, match="decoder_model_merged.onnx does not match its sha256"):
+        OnnxVariant(damaged_copy, dtype="fp32", device="cpu")
+
+
+def test_truncated_graph_is_a_clear_error(damaged_copy):
+    path = damaged_copy / graph_file("vision_encoder", "q4")
+    path.write_bytes(path.read_bytes()[:1000])
+    result = run_cli("chat", "hi", "--variant", "onnx-q4", "--artifacts", str(damaged_copy))
+    assert_one_line_error(result, "vision_encoder_q4.onnx", "truncated")
+
+
+def test_missing_dtype_and_missing_folder_are_clear_errors(damaged_copy, tmp_path):
+    with pytest.raises(Glm4vEdgeError, match="artifacts folder not found"):
+        OnnxVariant(tmp_path / "nowhere")
+    manifest = json.loads((damaged_copy / "manifest.json").read_text())
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if "_q4f16" not in k}
+    (damaged_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Glm4vEdgeError, match="has no q4f16 export"):
+        OnnxVariant(damaged_copy, dtype="q4f16")
+    assert_one_line_error(run_cli("chat", "hi", "--variant", "onnx-q4"), "--artifacts")
+
+
+def test_export_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    result = run_cli("export", "onnx", "--out", str(tmp_path), "--dtypes", "q4")
+    assert_one_line_error(result, "not empty", "--overwrite")
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_unknown_dtype_is_a_clear_error(tmp_path):
+    assert_one_line_error(run_cli("export", "onnx", "--out", str(tmp_path / "x"), "--dtypes", "q3"), "q3")
+
+
+def test_fp16_graph_keeps_reductions_in_fp32(artifacts):
+    import onnx
+
+    model = onnx.load(str(artifacts / graph_file("decoder_model_merged", "fp16")))
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert inputs["inputs_embeds"] == onnx.TensorProto.FLOAT16
+    ops = {n.op_type for n in model.graph.node}
+    assert "Cast" in ops  # casts around the ops kept in fp32

@@ -22,13 +22,11 @@ import torch
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.manifest import graph_file, read_manifest, verify_file
-from glm4v_edge.runtime.detokenize import IncrementalDetokenizer
 from glm4v_edge.runtime.inputs import build_batch, context_length
 from glm4v_edge.runtime.positions import rope_positions, vision_patch_positions
 from glm4v_edge.runtime.sampling import LogitsChooser, generation_settings
 from glm4v_edge.runtime.thinking_budget import ThinkingBudget
-from glm4v_edge.runtime.variant import Sampling, TokenEvent
-from glm4v_edge.thinking import ReplyParser
+from glm4v_edge.runtime.variant import ReplyStream, Sampling, TokenEvent
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -225,31 +223,19 @@ class OnnxVariant:
         prompt_length = batch["input_ids"].shape[1]
         max_new_tokens = max(1, min(max_new_tokens, self.context_length - prompt_length))
         config = generation_settings(self.generation_config, sampling, max_new_tokens, self.tokens.pad)
-        budget = ThinkingBudget(
-            thinking_budget, self.tokens.think_open, self.tokens.think_close, self.tokens.answer_open
-        )
+        budget = ThinkingBudget.for_tokens(thinking_budget, self.tokens)
         choose = LogitsChooser(config, budget, prompt_length, sampling.seed if sampling else None)
-        detokenizer = IncrementalDetokenizer(self.processor.tokenizer)
-        parser = ReplyParser()
-        generated: list[int] = []
+        reply = ReplyStream(self.processor.tokenizer, budget, started)
 
         logits, state = self.prefill(batch)
-        for _ in range(max_new_tokens):
+        for produced in range(1, max_new_tokens + 1):
             if stop is not None and stop.is_set():
                 return
             token = int(choose(state.input_ids, torch.from_numpy(logits))[0])
             if token in self.tokens.eos:
                 return
-            generated.append(token)
-            text = detokenizer.add(token)
-            yield TokenEvent(
-                token_id=token,
-                text=text,
-                pieces=tuple(parser.feed(text)),
-                elapsed_s=time.perf_counter() - started,
-                forced=budget.was_forced(np.asarray(generated)),
-            )
-            if len(generated) < max_new_tokens:
+            yield reply.event(token)
+            if produced < max_new_tokens:
                 logits = self.step(state, np.array([token]))
 
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:

@@ -18,6 +18,11 @@ class ThinkingBudget:
     think_close: int
     answer_open: int
 
+    @classmethod
+    def for_tokens(cls, budget: int | None, tokens) -> ThinkingBudget:
+        """``tokens``: the checkpoint's ``SpecialTokens``."""
+        return cls(budget, tokens.think_open, tokens.think_close, tokens.answer_open)
+
     def forced_token(self, generated: np.ndarray) -> int | None:
         """The token to force next, given the reply's tokens so far (prompt excluded)."""
         if self.budget is None:

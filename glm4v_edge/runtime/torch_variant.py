@@ -15,12 +15,10 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from glm4v_edge import checkpoint
-from glm4v_edge.runtime.detokenize import IncrementalDetokenizer
 from glm4v_edge.runtime.inputs import build_batch, context_length
 from glm4v_edge.runtime.sampling import ForceBudgetTokens, StopWhenSet, generation_settings
 from glm4v_edge.runtime.thinking_budget import ThinkingBudget
-from glm4v_edge.runtime.variant import Sampling, TokenEvent
-from glm4v_edge.thinking import ReplyParser
+from glm4v_edge.runtime.variant import ReplyStream, Sampling, TokenEvent
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -82,9 +80,7 @@ class TorchVariant:
         inputs = self.prepare(messages)
         prompt_length = inputs["input_ids"].shape[1]
         max_new_tokens = max(1, min(max_new_tokens, self.context_length - prompt_length))
-        budget = ThinkingBudget(
-            thinking_budget, self.tokens.think_open, self.tokens.think_close, self.tokens.answer_open
-        )
+        budget = ThinkingBudget.for_tokens(thinking_budget, self.tokens)
         config = generation_settings(self.generation_config, sampling, max_new_tokens, self.tokens.pad)
         if sampling is not None and sampling.seed is not None:
             torch.manual_seed(sampling.seed)
@@ -108,24 +104,14 @@ class TorchVariant:
 
         worker = threading.Thread(target=run, name=f"{self.name}-generate", daemon=True)
         worker.start()
-        detokenizer = IncrementalDetokenizer(self.processor.tokenizer)
-        parser = ReplyParser()
-        generated: list[int] = []
+        reply = ReplyStream(self.processor.tokenizer, budget, started)
         try:
             while (item := streamer.queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 if item in self.tokens.eos:
                     continue  # the end-of-turn marker is not part of the reply
-                generated.append(item)
-                text = detokenizer.add(item)
-                yield TokenEvent(
-                    token_id=item,
-                    text=text,
-                    pieces=tuple(parser.feed(text)),
-                    elapsed_s=time.perf_counter() - started,
-                    forced=budget.was_forced(np.asarray(generated)),
-                )
+                yield reply.event(item)
         finally:
             halt.set()
             worker.join()

@@ -7,12 +7,15 @@ kind it is.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from glm4v_edge.runtime.detokenize import IncrementalDetokenizer
+from glm4v_edge.runtime.thinking_budget import ThinkingBudget
 from glm4v_edge.thinking import Piece, Reply, ReplyParser
 
 
@@ -44,6 +47,29 @@ class TokenEvent:
     pieces: tuple[Piece, ...]  # ``text`` split into thinking / answer
     elapsed_s: float  # since generate() was called; the first event's is the time to first token
     forced: bool = False  # inserted by the thinking budget, not chosen by the model
+
+
+class ReplyStream:
+    """Generated token ids -> ``TokenEvent``s: decoded incrementally, split by the thinking
+    parser, timed from ``started``. Every variant's ``generate`` yields through one."""
+
+    def __init__(self, tokenizer, budget: ThinkingBudget, started: float):
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
+        self.parser = ReplyParser()
+        self.budget = budget
+        self.started = started
+        self.generated: list[int] = []
+
+    def event(self, token_id: int) -> TokenEvent:
+        self.generated.append(token_id)
+        text = self.detokenizer.add(token_id)
+        return TokenEvent(
+            token_id=token_id,
+            text=text,
+            pieces=tuple(self.parser.feed(text)),
+            elapsed_s=time.perf_counter() - self.started,
+            forced=self.budget.was_forced(np.asarray(self.generated)),
+        )
 
 
 @dataclass

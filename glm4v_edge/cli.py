@@ -134,7 +134,7 @@ def export_onnx(
     out: Annotated[Path, typer.Option(help="Artifacts folder to write (onnx-community layout).")],
     model: ModelOption = None,
     dtypes: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, q4, q4f16, int8.")] = "fp32,fp16,q4,q4f16,int8",
-    block_size: Annotated[int, typer.Option(min=16, help="q4: weights per quantization block (a power of 2).")] = 32,
+    block_size: Annotated[int, typer.Option(min=16, help="q4: weights per quantization block (a power of 2).")] = 128,
     accuracy_level: Annotated[int, typer.Option(
         min=0, max=4, help="q4: MatMulNBits compute precision (4: int8 activations, fastest on CPU; 0: as the input).")] = 4,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifacts folder.")] = False,

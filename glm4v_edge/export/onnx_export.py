@@ -116,7 +116,8 @@ def export_onnx(
             for graph in GRAPHS:
                 fp32 = staging / graph_file(graph, "fp32")
                 fp32.unlink()
-                fp32.with_name(fp32.name + "_data").unlink(missing_ok=True)
+                for side_file in (fp32.name + ".data", fp32.name + "_data"):  # torch's and onnx's naming
+                    fp32.with_name(side_file).unlink(missing_ok=True)
             del parity["fp32"]
         report("writing manifest.json")
         manifest = write_manifest(staging, {

@@ -28,10 +28,11 @@ FP32_OPS = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Exp", "GridSa
 
 @dataclass(frozen=True)
 class Q4Settings:
-    """MatMulNBits settings. Block 32 with accuracy level 4 (int8 activations in the kernel)
-    is what onnxruntime-genai's model builder uses for CPU."""
+    """MatMulNBits settings. Defaults by measurement (medium decoder, 2 CPU threads, one
+    decode step at 515 past tokens): block 128 took 32 ms, block 64 34 ms, block 32 41 ms;
+    accuracy level 4 (int8 activations inside the kernel) 41 ms against 66 ms for level 0."""
 
-    block_size: int = 32
+    block_size: int = 128
     accuracy_level: int = 4
     symmetric: bool = True
 

@@ -21,6 +21,7 @@ import torch
 
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.export.graphs import kv_names, kv_shape
 from glm4v_edge.manifest import graph_file, read_manifest, verify_file
 from glm4v_edge.runtime.inputs import build_batch, context_length
 from glm4v_edge.runtime.positions import rope_positions, vision_patch_positions
@@ -104,11 +105,8 @@ class OnnxVariant:
         self.vision = self._graph("vision_encoder", vision_dtype, threads)
         self.embed = self._graph("embed_tokens", dtype, threads)
         self.decoder = self._graph("decoder_model_merged", dtype, threads)
-        self.layers = self.config.text_config.num_hidden_layers
-        self.past_names = [f"past_key_values.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
-        text = self.config.text_config
-        self.kv_heads = text.num_key_value_heads
-        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.past_names = kv_names(self.config.text_config.num_hidden_layers, "past_key_values")
+        self.kv_heads, self.head_dim = kv_shape(self.config)
         suffix = "" if vision_dtype == dtype else f"+vision-{vision_dtype}"
         self.name = name or f"onnx-{dtype}{suffix}"
 
@@ -118,8 +116,9 @@ class OnnxVariant:
             exported = ", ".join(self.manifest.get("dtypes", [])) or "none"
             raise Glm4vEdgeError(f"{self.folder} has no {dtype} export ({name}); exported dtypes: {exported}")
         path = verify_file(self.folder, self.manifest, name)
-        if f"{name}_data" in self.manifest["files"]:
-            verify_file(self.folder, self.manifest, f"{name}_data")
+        for side_file in self.manifest["files"]:  # external weights: name.onnx.data or name.onnx_data
+            if side_file.startswith(name) and side_file[len(name):] in (".data", "_data"):
+                verify_file(self.folder, self.manifest, side_file)
         return Graph(path, self.device, threads)
 
     @property

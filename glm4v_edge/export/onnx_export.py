@@ -18,7 +18,7 @@ import torch
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export import graphs
-from glm4v_edge.export.parity import NEW_TOKENS, greedy_ids, measure_parity, parity_prompts
+from glm4v_edge.export.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
 from glm4v_edge.export.precisions import Q4Settings, convert
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import describe_machine
@@ -55,12 +55,12 @@ def source_record(source: str, config) -> dict:
     return record
 
 
-def save_processor_files(source: str, folder: Path) -> None:
+def save_processor_files(source: TorchVariant, folder: Path) -> None:
     """Config, generation config, tokenizer, chat template and preprocessor configs."""
     with checkpoint.quiet_transformers():
-        checkpoint.load_config(source).save_pretrained(folder)
-        checkpoint.load_generation_config(source).save_pretrained(folder)
-        checkpoint.load_processor(source).save_pretrained(folder)
+        checkpoint.load_config(source.source).save_pretrained(folder)  # as published, not as loaded (fp32)
+        source.generation_config.save_pretrained(folder)
+        source.processor.save_pretrained(folder)
 
 
 def export_step_count(dtypes: list[str]) -> int:
@@ -83,7 +83,7 @@ def export_onnx(
         report("loading the source checkpoint (fp32)")
         reference = TorchVariant(source, dtype=torch.float32, device="cpu", name="torch-fp32")
         (staging / "onnx").mkdir()
-        save_processor_files(source, staging)
+        save_processor_files(reference, staging)
         for graph in GRAPHS:
             report(f"exporting {graph} (fp32)")
             with torch.no_grad():
@@ -97,14 +97,12 @@ def export_onnx(
 
         checked = ["fp32", *[d for d in dtypes if d != "fp32"]]
         write_manifest(staging, {"dtypes": checked})  # provisional: lets the ONNX variant load
-        prompts = parity_prompts()
         report("greedy reference replies from the torch source")
-        reference_ids = {name: greedy_ids(reference, messages, NEW_TOKENS) for name, messages in prompts.items()}
+        runs = {name: reference_run(reference, messages) for name, messages in parity_prompts().items()}
         parity = {}
         for dtype in checked:
             report(f"parity of {dtype}")
-            parity[dtype] = measure_parity(reference, OnnxVariant(staging, dtype=dtype, device="cpu"),
-                                           prompts, reference_ids)
+            parity[dtype] = measure_parity(runs, OnnxVariant(staging, dtype=dtype, device="cpu"))
             if dtype == "fp32":
                 failed = [name for name, result in parity[dtype].items() if not result["exact"]]
                 if failed:

@@ -63,30 +63,35 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> tuple[float,
     return agreement, max(kl, 0.0)
 
 
-def prompt_parity(
-    reference: Variant, candidate: Variant, messages: list[dict],
-    reference_ids: list[int] | None = None, new_tokens: int = NEW_TOKENS,
-) -> PromptParity:
-    reference_ids = reference_ids if reference_ids is not None else greedy_ids(reference, messages, new_tokens)
-    candidate_ids = greedy_ids(candidate, messages, new_tokens)
-    match = next((i for i, (a, b) in enumerate(zip(reference_ids, candidate_ids)) if a != b),
-                 min(len(reference_ids), len(candidate_ids)))
+@dataclass(frozen=True)
+class ReferenceRun:
+    """The source model's greedy reply to one prompt and its teacher-forced logits over it,
+    computed once per export and compared with every precision."""
+
+    messages: list[dict]
+    token_ids: list[int]
+    forced: dict  # prompt + reply, as the processor's batch
+    rows: slice  # the positions that predict the reply's tokens
+    logits: np.ndarray  # (len(token_ids), vocab)
+
+
+def reference_run(reference: Variant, messages: list[dict], new_tokens: int = NEW_TOKENS) -> ReferenceRun:
+    token_ids = greedy_ids(reference, messages, new_tokens)
     prompt = build_batch(reference.processor, [messages])
-    forced = extend_batch(prompt, reference_ids) if reference_ids else prompt
+    forced = extend_batch(prompt, token_ids) if token_ids else prompt
     start = prompt["input_ids"].shape[1] - 1  # the position that predicts the first reply token
-    rows = slice(start, start + max(1, len(reference_ids)))
-    agreement, kl = compare_logits(reference.forward_logits(forced)[0, rows], candidate.forward_logits(forced)[0, rows])
-    return PromptParity(len(reference_ids), match, candidate_ids == reference_ids, agreement, kl)
+    rows = slice(start, start + max(1, len(token_ids)))
+    return ReferenceRun(messages, token_ids, forced, rows, reference.forward_logits(forced)[0, rows])
 
 
-def measure_parity(
-    reference: Variant, candidate: Variant, prompts: dict[str, list[dict]],
-    reference_ids: dict[str, list[int]] | None = None,
-) -> dict[str, dict]:
+def prompt_parity(run: ReferenceRun, candidate: Variant, new_tokens: int = NEW_TOKENS) -> PromptParity:
+    candidate_ids = greedy_ids(candidate, run.messages, new_tokens)
+    match = next((i for i, (a, b) in enumerate(zip(run.token_ids, candidate_ids)) if a != b),
+                 min(len(run.token_ids), len(candidate_ids)))
+    agreement, kl = compare_logits(run.logits, candidate.forward_logits(run.forced)[0, run.rows])
+    return PromptParity(len(run.token_ids), match, candidate_ids == run.token_ids, agreement, kl)
+
+
+def measure_parity(runs: dict[str, ReferenceRun], candidate: Variant) -> dict[str, dict]:
     """Parity per prompt name, as plain dicts for the manifest."""
-    results = {}
-    for name, messages in prompts.items():
-        known = reference_ids.get(name) if reference_ids else None
-        parity = prompt_parity(reference, candidate, messages, known)
-        results[name] = asdict(parity)
-    return results
+    return {name: asdict(prompt_parity(run, candidate)) for name, run in runs.items()}

@@ -184,15 +184,20 @@ class OnnxVariant:
             batch.get("image_grid_thw"), batch.get("video_grid_thw"), self.config.vision_config.spatial_merge_size,
         )
 
-    def prefill(self, batch: dict[str, Any]) -> tuple[np.ndarray, DecodeState]:
-        """Run the prompt; return the last position's logits (batch, vocab) and the state."""
+    def run_prompt(self, batch: dict[str, Any], keep: int | None = None) -> tuple[np.ndarray, DecodeState]:
+        """The whole prompt through the graphs with an empty cache: the last ``keep`` positions'
+        logits (all positions when None) and the state to decode from."""
         batch = self._numpy_batch(batch)
         positions, next_position = self._positions(batch)
         mask = batch["attention_mask"]
         logits, present = self.decode(
-            self.input_embeddings(batch), mask, positions, self.empty_cache(len(mask)), keep=1
+            self.input_embeddings(batch), mask, positions, self.empty_cache(len(mask)), keep=keep or mask.shape[1]
         )
-        state = DecodeState(present, mask, next_position, torch.from_numpy(batch["input_ids"]))
+        return logits, DecodeState(present, mask, next_position, torch.from_numpy(batch["input_ids"]))
+
+    def prefill(self, batch: dict[str, Any]) -> tuple[np.ndarray, DecodeState]:
+        """Run the prompt; return the last position's logits (batch, vocab) and the state."""
+        logits, state = self.run_prompt(batch, keep=1)
         return logits[:, -1], state
 
     def step(self, state: DecodeState, token_ids: np.ndarray) -> np.ndarray:
@@ -238,10 +243,4 @@ class OnnxVariant:
                 logits = self.step(state, np.array([token]))
 
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
-        batch = self._numpy_batch(batch)
-        positions, _ = self._positions(batch)
-        mask = batch["attention_mask"]
-        logits, _ = self.decode(
-            self.input_embeddings(batch), mask, positions, self.empty_cache(len(mask)), keep=mask.shape[1]
-        )
-        return logits
+        return self.run_prompt(batch)[0]

@@ -6,7 +6,9 @@ The embedded tiny model goes through exactly the same ``from_pretrained`` calls 
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +114,14 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
+def source_dtype(config) -> torch.dtype:
+    """The precision the checkpoint was published in (bf16 for GLM-4.1V), fp32 if unsaid."""
+    dtype = getattr(config.text_config, "dtype", None) or getattr(config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load/save reports and progress bars: noise for a CLI user."""
@@ -127,6 +137,30 @@ def quiet_transformers() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+@contextmanager
+def silenced_output() -> Iterator[None]:
+    """Send file descriptors 1 and 2 to /dev/null (library chatter, C-level included)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def is_quantized(model: str) -> bool:
+    return getattr(load_config(model), "quantization_config", None) is not None
+
+
 def load_model(
     model: str | Path | None = None, dtype: torch.dtype | None = None, device: str | None = None
 ) -> Glm4vForConditionalGeneration:
@@ -136,9 +170,18 @@ def load_model(
     dtype = dtype or default_dtype(device)
     with quiet_transformers():
         try:
-            loaded = Glm4vForConditionalGeneration.from_pretrained(name, dtype=dtype, use_safetensors=True)
+            if is_quantized(name):
+                # A GPTQ checkpoint picks its kernel for the device it is loaded on: load it there.
+                # GPTQModel prints a banner and kernel logs on stdout/stderr: keep the CLI clean.
+                with silenced_output():
+                    loaded = Glm4vForConditionalGeneration.from_pretrained(
+                        name, dtype=dtype, use_safetensors=True, device_map=device)
+            else:
+                loaded = Glm4vForConditionalGeneration.from_pretrained(name, dtype=dtype, use_safetensors=True)
         except (OSError, ValueError) as error:
             raise _hub_error(name, error) from None
+        except ImportError as error:  # a GPTQ checkpoint without GPTQModel/optimum installed
+            raise Glm4vEdgeError(f"{name} needs: pip install 'glm4v-edge[gptq]' ({_first_line(error)})") from None
     return loaded.to(device).eval()
 
 

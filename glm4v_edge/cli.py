@@ -27,6 +27,8 @@ tiny_app = typer.Typer(help="The embedded tiny GLM-4.1V: train, evaluate, sample
 app.add_typer(tiny_app, name="tiny")
 export_app = typer.Typer(help="Export a checkpoint to other runtimes.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+quantize_app = typer.Typer(help="Quantize a checkpoint (GPTQ by GPTQModel).", no_args_is_help=True)
+app.add_typer(quantize_app, name="quantize")
 
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
@@ -170,6 +172,65 @@ def export_onnx(
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     console.print(f"wrote {out} ({size / 1e6:.1f} MB); chat with it: "
                   f"glm4v-edge chat \"...\" --variant onnx-{chosen[-1]} --artifacts {out}", soft_wrap=True)
+
+
+@quantize_app.command("gptq")
+def quantize_gptq(
+    out: Annotated[Path, typer.Option(help="Checkpoint folder to write, inside an artifacts folder "
+                                      "(e.g. artifacts/NAME/gptq-int4); the artifacts' manifest.json gets its entry.")],
+    model: ModelOption = None,
+    bits: Annotated[int, typer.Option(help="Bits per weight: 2, 3, 4 or 8.")] = 4,
+    group_size: Annotated[int, typer.Option(help="Weights per scale (-1: one per output channel).")] = 128,
+    desc_act: Annotated[bool, typer.Option("--desc-act/--no-desc-act", help="Act-order (columns by activation size).")] = False,
+    sym: Annotated[bool, typer.Option("--sym/--asym", help="Symmetric quantization (vLLM's Marlin needs it).")] = True,
+    calibration: Annotated[int, typer.Option(min=1, help="Calibration samples.")] = 128,
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="Folder of images (+ <stem>.txt prompts, prompts.txt) or a datasets folder/parquet with image + text "
+             "columns. Default: the embedded model's task, or built-in generated images for a real checkpoint.")] = None,
+    method: Annotated[str, typer.Option(help="gptq, or rtn (round-to-nearest, no calibration: the baseline).")] = "gptq",
+    device: DeviceOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """GPTQ the language model's linear layers (vision, embeddings, lm_head stay as published); parity vs the source."""
+    from glm4v_edge.checkpoint import load_config, resolve_model
+    from glm4v_edge.files import check_output_folder
+    from glm4v_edge.quant.settings import GptqSettings
+
+    settings = GptqSettings(bits=bits, group_size=group_size, desc_act=desc_act, sym=sym,
+                            calibration=calibration, method=method)
+    text_config = load_config(resolve_model(model)).text_config
+    settings.check(text_config)
+    check_output_folder(out, overwrite)
+    from glm4v_edge.quant.gptq import quantize_gptq as run_quantize
+    from glm4v_edge.quant.vllm import serve_command, vllm_problems
+
+    steps = 3 + (method == "gptq") + text_config.num_hidden_layers + 2
+    with progress_bar() as progress:
+        bar = progress.add_task(settings.variant, total=steps, status="")
+        started = []
+
+        def report(step: str) -> None:  # a step starts: the previous one is done
+            progress.update(bar, completed=len(started), status=step)
+            started.append(step)
+
+        entry = run_quantize(model, out, settings, calibration_data=calibration_data, overwrite=overwrite,
+                             device=device, report=report, warn=lambda message: errors.print(f"warning: {message}"))
+        progress.update(bar, completed=steps, status="done")
+    variants = entry["variants"][settings.variant]
+    table = Table(title=f"parity against the source ({variants['parity']['reference']}) · "
+                        f"greedy match of {variants['parity']['new_tokens']} new tokens")
+    for column in ("prompt", "greedy match", "top-1 agreement", "mean KL"):
+        table.add_column(column, justify="left" if column == "prompt" else "right")
+    for prompt, result in variants["parity"]["results"].items():
+        table.add_row(prompt, f"{result['greedy_match']}/{result['reference_tokens']}",
+                      f"{result['top1_agreement']:.1%}", f"{result['mean_kl']:.2e}")
+    console.print(table)
+    for problem in vllm_problems(json.loads((out / "config.json").read_text())["quantization_config"]):
+        errors.print(f"vLLM: {problem}", style="yellow")
+    console.print(f"serve it with vLLM (GPU): {serve_command(str(out))}", soft_wrap=True)
+    console.print(f"wrote {out}: {variants['decoder_bits_per_weight']} bits per decoder weight, "
+                  f"{len(variants['calibration']['samples'])} calibration samples; chat with it: "
+                  f"glm4v-edge chat \"...\" --variant {settings.variant} --artifacts {out.parent}", soft_wrap=True)
 
 
 @tiny_app.command("train")

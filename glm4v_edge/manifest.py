@@ -51,6 +51,24 @@ def write_manifest(folder: Path, record: dict) -> dict:
     return manifest
 
 
+def record_variant(folder: Path, name: str, entry: dict) -> dict:
+    """Add or replace variant ``name``, kept in subfolder ``folder``, in its parent's manifest.
+
+    Its files are listed (size + sha256) under ``<subfolder>/`` beside the ONNX graphs; the
+    parent's manifest is created if the subfolder is the first thing built there.
+    """
+    folder = Path(folder)
+    root = folder.parent
+    manifest = read_manifest(root) if (root / MANIFEST).is_file() else {"format_version": FORMAT_VERSION}
+    prefix = f"{folder.name}/"
+    files = {key: value for key, value in manifest.get("files", {}).items() if not key.startswith(prefix)}
+    files.update({prefix + key: value for key, value in file_entries(folder).items()})
+    manifest.setdefault("variants", {})[name] = entry
+    manifest["files"] = dict(sorted(files.items()))
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():

@@ -8,9 +8,7 @@ place at the end, so an interrupted export never leaves a folder that looks comp
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -18,11 +16,12 @@ import torch
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export import graphs
-from glm4v_edge.export.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
+from glm4v_edge.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
 from glm4v_edge.export.precisions import Q4Settings, convert
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import describe_machine
 from glm4v_edge.manifest import GRAPHS, graph_file, write_manifest
+from glm4v_edge.provenance import source_record, tool_versions
 from glm4v_edge.runtime.onnx_variant import OnnxVariant
 from glm4v_edge.runtime.torch_variant import TorchVariant
 
@@ -31,28 +30,9 @@ EXPORTERS = {
     "embed_tokens": graphs.export_embed_tokens,
     "decoder_model_merged": graphs.export_decoder,
 }
-TOOLS = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "glm4v-edge")
+TOOLS = ("onnx", "onnxruntime", "onnxscript")
 
 Report = Callable[[str], None]
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for tool in TOOLS:
-        try:
-            versions[tool] = metadata.version(tool)
-        except metadata.PackageNotFoundError:
-            versions[tool] = "not installed"
-    return versions
-
-
-def source_record(source: str, config) -> dict:
-    """Where the weights came from: the hub id and commit, or the local folder."""
-    record = {"model": source, "model_type": config.model_type}
-    revision = getattr(config, "_commit_hash", None)
-    if revision:
-        record["revision"] = revision
-    return record
 
 
 def save_processor_files(source: TorchVariant, folder: Path) -> None:
@@ -123,7 +103,7 @@ def export_onnx(
             "dtypes": dtypes,
             "q4": {"block_size": q4.block_size, "accuracy_level": q4.accuracy_level, "symmetric": q4.symmetric},
             "parity": {"reference": "torch-fp32", "new_tokens": NEW_TOKENS, "results": parity},
-            "tools": tool_versions(),
+            "tools": tool_versions(TOOLS),
             "machine": describe_machine(),
         })
     return manifest

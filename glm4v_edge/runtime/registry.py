@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.manifest import DTYPE_SUFFIX
+from glm4v_edge.manifest import DTYPE_SUFFIX, read_manifest, verify_file
+from glm4v_edge.quant.settings import BITS
 from glm4v_edge.runtime.torch_variant import TorchVariant
 from glm4v_edge.runtime.variant import Variant
 
@@ -59,6 +60,34 @@ def _onnx_loader(dtype: str) -> Loader:
     return load
 
 
+def _gptq_loader(name: str) -> Loader:
+    def load(model, device: str | None = None, artifacts: str | Path | None = None,
+             threads: int | None = None) -> Variant:
+        if artifacts is not None:
+            model = verified_subfolder(Path(artifacts), name)
+        elif model is None:
+            raise Glm4vEdgeError(f"{name} needs a GPTQ checkpoint: --artifacts FOLDER (made by `glm4v-edge quantize "
+                                 "gptq`) or --model DIR_OR_HUB_ID")
+        if threads:
+            torch.set_num_threads(threads)
+        return TorchVariant(model, device=device, name=name)
+    return load
+
+
+def verified_subfolder(artifacts: Path, name: str) -> Path:
+    """The folder of variant ``name`` inside an artifacts folder, every file checked against the manifest."""
+    manifest = read_manifest(artifacts)
+    entry = manifest.get("variants", {}).get(name)
+    if entry is None:
+        built = ", ".join(manifest.get("variants", {})) or "none"
+        raise Glm4vEdgeError(f"{artifacts} has no {name} (built there: {built}); run `glm4v-edge quantize gptq`")
+    prefix = f"{entry['folder']}/"
+    for file_name in manifest["files"]:
+        if file_name.startswith(prefix):
+            verify_file(artifacts, manifest, file_name)
+    return artifacts / entry["folder"]
+
+
 def onnx_name(dtype: str) -> str:
     return f"onnx-{dtype}"
 
@@ -69,3 +98,6 @@ register("torch-bf16", _torch_loader(torch.bfloat16))
 register("torch-fp16", _torch_loader(torch.float16))
 for _dtype in DTYPE_SUFFIX:
     register(onnx_name(_dtype), _onnx_loader(_dtype))
+for _bits in BITS:
+    register(f"gptq-int{_bits}", _gptq_loader(f"gptq-int{_bits}"))
+    register(f"rtn-int{_bits}", _gptq_loader(f"rtn-int{_bits}"))  # GPTQModel's round-to-nearest, same format

@@ -1,0 +1,1 @@
+"""Quantized checkpoints: GPTQ int4 (and RTN, its baseline) by GPTQModel."""

@@ -1,0 +1,178 @@
+"""Calibration prompts for GPTQ: chat-template-rendered image+text (and text-only) conversations.
+
+GPTQ fits each layer to the activations it sees while calibrating, so the prompts must look
+like real use: the chat template with image tokens in the decoder's input. Sources:
+
+* the embedded model: its own training distribution (task questions with their target replies);
+* a user folder: images (a sidecar ``<image stem>.txt`` holds its prompt, else a generic one)
+  plus optional text-only prompts in ``prompts.txt``, one per line;
+* a Hugging Face ``datasets`` folder (``save_to_disk``) or parquet file(s) with an image column
+  and a text column;
+* a built-in fallback for any real checkpoint: generated images with generic questions.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.media import load_image, to_rgb
+from glm4v_edge.runtime.inputs import build_batch, user_message
+from glm4v_edge.tiny import task
+
+# Fewer usable samples than this and the Hessian estimates are too noisy to trust.
+MIN_SAMPLES = 8
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TEXT_COLUMNS = ("question", "prompt", "query", "instruction", "text", "caption")
+# One in this many calibration samples is text-only, so plain chat is calibrated too.
+TEXT_ONLY_EVERY = 8
+
+GENERIC_QUESTIONS = (
+    "Describe this image in detail.",
+    "What objects are in this picture, and what colours are they?",
+    "How many distinct objects can you count? Explain.",
+    "What is happening in this image?",
+    "Write a short caption for this image.",
+    "Which object is the largest, and where is it?",
+)
+GENERIC_TEXT_PROMPTS = (
+    "Explain step by step how to compute 17 * 23.",
+    "Write a short poem about the sea.",
+    "What is the difference between a list and a tuple in Python?",
+    "Summarise the causes of the French Revolution in three sentences.",
+    "Translate 'good morning, how are you?' into French and German.",
+)
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CalibrationSample:
+    """One conversation to calibrate on; ``target`` (if any) is appended as the reply."""
+
+    source: str  # where it came from, recorded in the manifest
+    messages: list[dict]
+    target: str | None = None
+
+    def batch(self, processor) -> dict:
+        return dict(build_batch(processor, [self.messages], continuations=[self.target] if self.target else None))
+
+    def record(self, tokens: int) -> dict:
+        images = sum(1 for m in self.messages if isinstance(m.get("content"), list)
+                     for item in m["content"] if item.get("type") in ("image", "video"))
+        return {"source": self.source, "media": images, "tokens": tokens}
+
+
+def embedded_samples(count: int) -> list[CalibrationSample]:
+    """The embedded model's training distribution: task questions with their target replies."""
+    samples = []
+    for index in range(count):
+        if index % TEXT_ONLY_EVERY == TEXT_ONLY_EVERY - 1:
+            prompt = GENERIC_TEXT_PROMPTS[index % len(GENERIC_TEXT_PROMPTS)]
+            samples.append(CalibrationSample(f"text:{index}", [user_message(prompt)]))
+            continue
+        sample = task.make_sample("train", index)
+        samples.append(CalibrationSample(f"task:train/{index}:{sample.qtype}", sample.messages(), sample.target()))
+    return samples
+
+
+def builtin_samples(count: int, seed: int = 0) -> list[CalibrationSample]:
+    """For a real checkpoint with no data given: generated shape images (varied aspect ratios)
+    with generic questions, and generic text prompts. Weaker than real images; say so."""
+    samples = []
+    for index in range(count):
+        if index % TEXT_ONLY_EVERY == TEXT_ONLY_EVERY - 1:
+            prompt = GENERIC_TEXT_PROMPTS[index % len(GENERIC_TEXT_PROMPTS)]
+            samples.append(CalibrationSample(f"text:{index}", [user_message(prompt)]))
+            continue
+        image = task.make_sample("calibration", index).images or task.make_sample("calibration", index + 1).images
+        question = GENERIC_QUESTIONS[random.Random(seed + index).randrange(len(GENERIC_QUESTIONS))]
+        samples.append(CalibrationSample(f"builtin:{index}", [user_message(question, images=image[:1])]))
+    return samples
+
+
+def folder_samples(folder: Path, count: int, warn: Warn) -> list[CalibrationSample]:
+    """Images in ``folder`` (sorted) with their sidecar prompts, then ``prompts.txt`` lines."""
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    prompts_file = folder / "prompts.txt"
+    text_prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()] \
+        if prompts_file.is_file() else []
+    samples, skipped = [], 0
+    for index, path in enumerate(images):
+        try:
+            image = load_image(path)  # decoded now: a bad file is skipped here, not mid-quantization
+        except Glm4vEdgeError as error:
+            skipped += 1
+            warn(f"skipped: {error}")
+            continue
+        sidecar = path.with_suffix(".txt")
+        question = sidecar.read_text().strip() if sidecar.is_file() else GENERIC_QUESTIONS[index % len(GENERIC_QUESTIONS)]
+        samples.append(CalibrationSample(path.name, [user_message(question or GENERIC_QUESTIONS[0], images=[image])]))
+    samples += [CalibrationSample(f"prompts.txt:{i + 1}", [user_message(p)]) for i, p in enumerate(text_prompts)]
+    if skipped:
+        warn(f"{skipped} of {len(images)} images in {folder} could not be read and were skipped")
+    return samples[:count]
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file())
+
+
+def dataset_samples(path: Path, count: int, warn: Warn) -> list[CalibrationSample]:
+    """A ``datasets.save_to_disk`` folder or parquet file(s): first image column + first text column."""
+    import datasets  # GPTQModel's dependency; only needed for this source
+
+    try:
+        if _is_saved_dataset(path):
+            data = datasets.load_from_disk(str(path))
+        else:
+            files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
+            if not files:
+                raise Glm4vEdgeError(f"no parquet files or saved dataset in {path}")
+            data = datasets.load_dataset("parquet", data_files=files, split="train")
+    except (OSError, ValueError, FileNotFoundError) as error:
+        raise Glm4vEdgeError(f"cannot read the dataset at {path}: {str(error).splitlines()[0]}") from None
+    if isinstance(data, datasets.DatasetDict):
+        data = data[next(iter(data))]
+    image_column = next((name for name, feature in data.features.items() if isinstance(feature, datasets.Image)), None)
+    text_column = next((name for name in TEXT_COLUMNS if name in data.features), None)
+    if image_column is None or text_column is None:
+        raise Glm4vEdgeError(f"the dataset at {path} needs an image column and a text column "
+                             f"({', '.join(TEXT_COLUMNS)}); it has: {', '.join(data.features)}")
+    samples, skipped = [], 0
+    for index in range(min(count, len(data))):
+        try:
+            row = data[index]
+            image = row[image_column]
+            if not isinstance(image, Image.Image):
+                raise ValueError("not an image")
+            image.load()
+            image = to_rgb(image)
+        except Exception as error:  # undecodable bytes surface from PIL or datasets' decoder
+            skipped += 1
+            warn(f"skipped row {index}: unreadable image ({str(error).splitlines()[0] if str(error) else 'empty'})")
+            continue
+        samples.append(CalibrationSample(f"{path.name}[{index}]", [user_message(str(row[text_column]), images=[image])]))
+    if skipped:
+        warn(f"{skipped} rows of {path} had unreadable images and were skipped")
+    return samples
+
+
+def calibration_samples(data: Path | None, count: int, *, embedded: bool, warn: Warn) -> list[CalibrationSample]:
+    """``count`` samples from ``data`` (folder or dataset), else the model's default source."""
+    if data is None:
+        samples = embedded_samples(count) if embedded else builtin_samples(count)
+    else:
+        data = Path(data)
+        if not data.exists():
+            raise Glm4vEdgeError(f"calibration data not found: {data}")
+        is_dataset = data.is_file() or _is_saved_dataset(data) or any(data.glob("*.parquet"))
+        samples = dataset_samples(data, count, warn) if is_dataset else folder_samples(data, count, warn)
+    if len(samples) < MIN_SAMPLES:
+        raise Glm4vEdgeError(f"only {len(samples)} usable calibration samples; GPTQ needs at least {MIN_SAMPLES}")
+    return samples

@@ -233,6 +233,114 @@ def quantize_gptq(
                   f"glm4v-edge chat \"...\" --variant {settings.variant} --artifacts {out.parent}", soft_wrap=True)
 
 
+BaselineOption = Annotated[str | None, typer.Option(
+    help="torch-fp32, torch-fp16 or torch-bf16. Default: fp32 on CPU, bf16 on CUDA.")]
+
+
+def run_bench(artifacts: Path, model: str | None, variants: str, baseline: str | None, prompts: str, runs: int,
+              task_questions: int | None, public_set: Path | None, public_limit: int | None, device: str | None,
+              threads: int | None, out: Path, name: str | None) -> dict:
+    from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs
+    from glm4v_edge.bench.latency import PROMPT_SETS
+    from glm4v_edge.bench.report import build_record, write_report
+    from glm4v_edge.bench.runner import Job, run_benchmark
+    from glm4v_edge.checkpoint import default_device
+    from glm4v_edge.machine import describe_machine
+    from glm4v_edge.runtime import built_variants, variant_names
+
+    if prompts not in PROMPT_SETS:
+        raise Glm4vEdgeError(f"unknown prompt set {prompts!r}; choose {', '.join(PROMPT_SETS)}")
+    device = device or default_device()
+    baseline = baseline or ("torch-bf16" if device.startswith("cuda") else "torch-fp32")
+    if baseline not in ("torch-fp32", "torch-fp16", "torch-bf16"):
+        raise Glm4vEdgeError(f"--baseline must be torch-fp32, torch-fp16 or torch-bf16, not {baseline!r}")
+    chosen = built_variants(artifacts) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in variant_names()]
+    if unknown:
+        raise Glm4vEdgeError(f"unknown variant(s): {', '.join(unknown)}; see `glm4v-edge variants`")
+    if task_questions is None:
+        task_questions = 100 if model is None else 0  # the held-out task only means something to the embedded model
+    job = Job(variant=baseline, model=model, artifacts=str(artifacts), device=device, threads=threads,
+              prompt_set=prompts, runs=runs, task_questions=task_questions,
+              public_set=str(public_set) if public_set else None, public_limit=public_limit)
+    steps = 2 + len([v for v in chosen if v != baseline])
+    with progress_bar() as progress:
+        bar = progress.add_task("bench", total=steps, status="measuring memory bandwidth")
+        bandwidth = copy_bandwidth_gbs(device)
+        done = [1]
+
+        def report(step: str) -> None:
+            progress.update(bar, completed=done[0], status=step)
+            done[0] += 1
+
+        results = run_benchmark(job, chosen, report)
+        settings = {"artifacts": str(artifacts), "model": model or "embedded tiny model", "device": device,
+                    "threads": threads, "prompt_set": prompts, "runs": runs, "task_questions": task_questions,
+                    "public_set": job.public_set, "isolation": "each variant in its own spawned process"}
+        record = build_record(name or artifacts.name, settings, describe_machine(), bandwidth, results, baseline)
+        paths = write_report(record, out)
+        progress.update(bar, completed=steps, status="done")
+    for variant, row in record["summary"].items():
+        if row["status"] != "ok":
+            errors.print(f"{variant}: failed: {row['error']}", style="red")
+    console.print(paths[1].read_text(), markup=False, soft_wrap=True)
+    console.print("wrote " + ", ".join(str(p) for p in paths), soft_wrap=True)
+    return record
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[Path, typer.Option(help="Artifacts folder (ONNX export and/or GPTQ checkpoints).")],
+    model: ModelOption = None,
+    variants: Annotated[str, typer.Option(help="'all' (what the artifacts hold) or a comma-separated list.")] = "all",
+    baseline: BaselineOption = None,
+    prompts: Annotated[str, typer.Option(help="Prompt set: standard (3 image sizes, 3 lengths) or quick.")] = "standard",
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per stage after one warm-up.")] = 5,
+    task_questions: Annotated[int | None, typer.Option(
+        help="Held-out task questions per variant. Default: 100 for the embedded model, 0 otherwise.")] = None,
+    public_set: Annotated[Path | None, typer.Option(
+        help="A local multiple-choice benchmark (datasets folder or parquet: MMStar, MMBench, MathVista).")] = None,
+    public_limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N public questions.")] = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+    out: Annotated[Path, typer.Option(help="Where the JSON, Markdown and PNGs go.")] = Path("benchmarks/results"),
+    name: Annotated[str | None, typer.Option(help="Report name. Default: the artifacts folder's name.")] = None,
+) -> None:
+    """Latency, memory, size and accuracy of every variant against the baseline, each in its own process."""
+    run_bench(artifacts, model, variants, baseline, prompts, runs, task_questions, public_set, public_limit,
+              device, threads, out, name)
+
+
+@app.command()
+def build(
+    model: ModelOption = None,
+    out: Annotated[Path | None, typer.Option(help="Artifacts folder. Default: artifacts/<model name>.")] = None,
+    dtypes: Annotated[str, typer.Option(help="ONNX precisions.")] = "fp32,fp16,q4,q4f16,int8",
+    prompts: Annotated[str, typer.Option(help="Benchmark prompt set: standard or quick.")] = "quick",
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per stage.")] = 3,
+    results: Annotated[Path, typer.Option(help="Where the benchmark report goes.")] = Path("benchmarks/results"),
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifacts folder.")] = False,
+) -> None:
+    """The whole pipeline: ONNX export (all precisions) + GPTQ int4 + benchmark, on the embedded model by default."""
+    from glm4v_edge.checkpoint import resolve_model
+    from glm4v_edge.export.precisions import parse_dtypes
+    from glm4v_edge.files import check_output_folder
+
+    source = resolve_model(model)
+    out = out or Path("artifacts") / ("tiny" if model is None else Path(source).name.lower())
+    check_output_folder(out, overwrite)
+    console.print(f"[bold]1/3[/bold] ONNX export ({dtypes}) -> {out}")
+    export_onnx(out=out, model=model, dtypes=",".join(parse_dtypes(dtypes)), block_size=128, accuracy_level=4,
+                overwrite=overwrite)
+    console.print(f"[bold]2/3[/bold] GPTQ int4 -> {out / 'gptq-int4'}")
+    quantize_gptq(out=out / "gptq-int4", model=model, bits=4, group_size=128, desc_act=False, sym=True,
+                  calibration=128, calibration_data=None, method="gptq", device=device, overwrite=False)
+    console.print("[bold]3/3[/bold] benchmark")
+    run_bench(out, model, "all", None, prompts, runs, None, None, None, device, threads, results, None)
+
+
 @tiny_app.command("train")
 def tiny_train(
     out: Annotated[Path, typer.Option(help="Where to write the checkpoint.")] = Path("artifacts/tiny-checkpoint"),

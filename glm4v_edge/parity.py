@@ -75,13 +75,24 @@ class ReferenceRun:
     logits: np.ndarray  # (len(token_ids), vocab)
 
 
-def reference_run(reference: Variant, messages: list[dict], new_tokens: int = NEW_TOKENS) -> ReferenceRun:
-    token_ids = greedy_ids(reference, messages, new_tokens)
-    prompt = build_batch(reference.processor, [messages])
+def forced_batch(processor, messages: list[dict], token_ids: list[int]) -> tuple[dict, slice]:
+    """The prompt with the reply appended, and the rows whose logits predict the reply."""
+    prompt = build_batch(processor, [messages])
     forced = extend_batch(prompt, token_ids) if token_ids else prompt
     start = prompt["input_ids"].shape[1] - 1  # the position that predicts the first reply token
-    rows = slice(start, start + max(1, len(token_ids)))
+    return forced, slice(start, start + max(1, len(token_ids)))
+
+
+def reference_run(reference: Variant, messages: list[dict], new_tokens: int = NEW_TOKENS) -> ReferenceRun:
+    token_ids = greedy_ids(reference, messages, new_tokens)
+    forced, rows = forced_batch(reference.processor, messages, token_ids)
     return ReferenceRun(messages, token_ids, forced, rows, reference.forward_logits(forced)[0, rows])
+
+
+def rebuilt_run(processor, messages: list[dict], token_ids: list[int], logits: np.ndarray) -> ReferenceRun:
+    """A reference computed in another process (ids and logits travel; batches are rebuilt)."""
+    forced, rows = forced_batch(processor, messages, token_ids)
+    return ReferenceRun(messages, token_ids, forced, rows, logits)
 
 
 def prompt_parity(run: ReferenceRun, candidate: Variant, new_tokens: int = NEW_TOKENS) -> PromptParity:

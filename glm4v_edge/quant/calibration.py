@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.local_datasets import is_saved_dataset, load_rows
 from glm4v_edge.media import load_image, to_rgb
 from glm4v_edge.runtime.inputs import build_batch, user_message
 from glm4v_edge.tiny import task
@@ -119,26 +120,11 @@ def folder_samples(folder: Path, count: int, warn: Warn) -> list[CalibrationSamp
     return samples[:count]
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file())
-
-
 def dataset_samples(path: Path, count: int, warn: Warn) -> list[CalibrationSample]:
     """A ``datasets.save_to_disk`` folder or parquet file(s): first image column + first text column."""
-    import datasets  # GPTQModel's dependency; only needed for this source
+    import datasets
 
-    try:
-        if _is_saved_dataset(path):
-            data = datasets.load_from_disk(str(path))
-        else:
-            files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob("*.parquet"))
-            if not files:
-                raise Glm4vEdgeError(f"no parquet files or saved dataset in {path}")
-            data = datasets.load_dataset("parquet", data_files=files, split="train")
-    except (OSError, ValueError, FileNotFoundError) as error:
-        raise Glm4vEdgeError(f"cannot read the dataset at {path}: {str(error).splitlines()[0]}") from None
-    if isinstance(data, datasets.DatasetDict):
-        data = data[next(iter(data))]
+    data = load_rows(path)
     image_column = next((name for name, feature in data.features.items() if isinstance(feature, datasets.Image)), None)
     text_column = next((name for name in TEXT_COLUMNS if name in data.features), None)
     if image_column is None or text_column is None:
@@ -171,7 +157,7 @@ def calibration_samples(data: Path | None, count: int, *, embedded: bool, warn: 
         data = Path(data)
         if not data.exists():
             raise Glm4vEdgeError(f"calibration data not found: {data}")
-        is_dataset = data.is_file() or _is_saved_dataset(data) or any(data.glob("*.parquet"))
+        is_dataset = data.is_file() or is_saved_dataset(data) or any(data.glob("*.parquet"))
         samples = dataset_samples(data, count, warn) if is_dataset else folder_samples(data, count, warn)
     if len(samples) < MIN_SAMPLES:
         raise Glm4vEdgeError(f"only {len(samples)} usable calibration samples; GPTQ needs at least {MIN_SAMPLES}")

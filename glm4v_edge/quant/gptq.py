@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import queue
+import tempfile
 import traceback
 import time
 from collections.abc import Callable
@@ -80,6 +81,10 @@ def _gptqmodel_worker(source: str, settings: GptqSettings, dtype, device: str, b
     log = os.open(Path(staging) / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    # GPTQModel also writes per-module JSON logs to ./logs (quant_log.csv in the checkpoint
+    # holds the same losses): work in a throwaway folder. Paths arrive absolute.
+    scratch = tempfile.TemporaryDirectory(prefix="glm4v-edge-gptqmodel-")
+    os.chdir(scratch.name)
     # GPTQModel sizes a loader pool of 2 workers inside a CPU pool of (cores + 1) // 2;
     # on a 2-core machine that is 1 and it refuses to start. Give it 2 unless the user chose.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, ((os.cpu_count() or 1) + 1) // 2)))
@@ -97,6 +102,8 @@ def _gptqmodel_worker(source: str, settings: GptqSettings, dtype, device: str, b
 
 def run_gptqmodel(source: str, settings: GptqSettings, dtype, device: str, batches: list[dict],
                   staging: Path, layers: int, report: Report) -> None:
+    source = str(Path(source).resolve()) if Path(source).exists() else source  # the worker changes folder
+    staging = staging.resolve()
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     worker = context.Process(target=_gptqmodel_worker, name="gptqmodel",

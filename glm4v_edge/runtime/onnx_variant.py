@@ -49,6 +49,7 @@ class Graph:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
             raise Glm4vEdgeError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0]}") from None
+        self.path = path
         self.device = device
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -107,6 +108,8 @@ class OnnxVariant:
         self.decoder = self._graph("decoder_model_merged", dtype, threads)
         self.past_names = kv_names(self.config.text_config.num_hidden_layers, "past_key_values")
         self.kv_heads, self.head_dim = kv_shape(self.config)
+        self.artifact_bytes = sum(self.graph_bytes(graph) for graph in (self.vision, self.embed, self.decoder))
+        self.decoder_bytes = self.graph_bytes(self.decoder)
         suffix = "" if vision_dtype == dtype else f"+vision-{vision_dtype}"
         self.name = name or f"onnx-{dtype}{suffix}"
 
@@ -120,6 +123,12 @@ class OnnxVariant:
             if side_file.startswith(name) and side_file[len(name):] in (".data", "_data"):
                 verify_file(self.folder, self.manifest, side_file)
         return Graph(path, self.device, threads)
+
+    def graph_bytes(self, graph: Graph) -> int:
+        """The graph file and its external-weights side file, as listed in the manifest."""
+        name = graph.path.relative_to(self.folder).as_posix()
+        return sum(entry["bytes"] for file, entry in self.manifest["files"].items()
+                   if file == name or file in (name + ".data", name + "_data"))
 
     @property
     def context_length(self) -> int:
@@ -241,6 +250,12 @@ class OnnxVariant:
             yield reply.event(token)
             if produced < max_new_tokens:
                 logits = self.step(state, np.array([token]))
+
+    def encode_vision(self, batch: dict[str, Any]) -> None:
+        self.vision_features(self._numpy_batch(batch))
+
+    def prompt_logits(self, batch: dict[str, Any]) -> np.ndarray:
+        return self.prefill(batch)[0]
 
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
         return self.run_prompt(batch)[0]

@@ -88,6 +88,12 @@ def verified_subfolder(artifacts: Path, name: str) -> Path:
     return artifacts / entry["folder"]
 
 
+def built_variants(artifacts: str | Path) -> list[str]:
+    """The variant names an artifacts folder holds, from its manifest (ONNX precisions, then GPTQ)."""
+    manifest = read_manifest(Path(artifacts))
+    return [*(onnx_name(dtype) for dtype in manifest.get("dtypes", [])), *manifest.get("variants", {})]
+
+
 def onnx_name(dtype: str) -> str:
     return f"onnx-{dtype}"
 

@@ -41,6 +41,11 @@ class QueueStreamer(BaseStreamer):
         self.queue.put(None)
 
 
+def tensor_bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers (GPTQ's packed weights are buffers)."""
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
 class TorchVariant:
     """A GLM-4.1V checkpoint run by transformers on CPU or CUDA."""
 
@@ -58,6 +63,11 @@ class TorchVariant:
             self.model.config, self.processor.tokenizer, self.generation_config
         )
         self.name = name or f"torch-{DTYPE_NAMES.get(self.dtype, str(self.dtype))}"
+        self.decoder_bytes = tensor_bytes(self.model.model.language_model.layers, self.model.model.language_model.norm,
+                                          self.model.lm_head)
+        folder = Path(self.source)
+        weights = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+        self.artifact_bytes = sum(f.stat().st_size for f in weights) if weights else tensor_bytes(self.model)
 
     @property
     def context_length(self) -> int:
@@ -120,4 +130,19 @@ class TorchVariant:
         inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
         with torch.inference_mode():
             logits = self.model(**inputs).logits
+        return logits.float().cpu().numpy()
+
+    def encode_vision(self, batch: dict[str, Any]) -> None:
+        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            if "pixel_values" in inputs:
+                self.model.model.get_image_features(inputs["pixel_values"].to(self.dtype), inputs["image_grid_thw"])
+            if "pixel_values_videos" in inputs:
+                self.model.model.get_video_features(inputs["pixel_values_videos"].to(self.dtype),
+                                                    inputs["video_grid_thw"])
+
+    def prompt_logits(self, batch: dict[str, Any]) -> np.ndarray:
+        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
         return logits.float().cpu().numpy()

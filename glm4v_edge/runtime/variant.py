@@ -115,6 +115,8 @@ class Variant(Protocol):
 
     name: str
     processor: Any  # the transformers processor that turns messages into ids and pixels
+    artifact_bytes: int  # size on disk of the files this variant loaded
+    decoder_bytes: int  # weight bytes one decode step reads (decoder layers + lm_head): the bandwidth floor
 
     def generate(
         self,
@@ -131,4 +133,12 @@ class Variant(Protocol):
 
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
         """Teacher-forced logits (batch, seq, vocab) as float32 for a processor-made batch."""
+        ...
+
+    def encode_vision(self, batch: dict[str, Any]) -> None:
+        """Run only the vision encoder on the batch's images / frames (a timed stage)."""
+        ...
+
+    def prompt_logits(self, batch: dict[str, Any]) -> np.ndarray:
+        """Prefill: the whole prompt through the decoder, logits of the last position only."""
         ...

@@ -1,0 +1,1 @@
+"""Benchmark every variant in one run: latency, memory, size, fidelity, task accuracy."""

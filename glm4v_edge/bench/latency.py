@@ -1,0 +1,99 @@
+"""Latency of one variant, stage by stage, through the ``Variant`` protocol only.
+
+Vision: ``encode_vision`` on one generated image per size. Prefill: ``prompt_logits`` on text
+prompts of fixed token lengths. Time to first token and decode: ``generate`` on a fixed image
+question, from the stream's own timestamps (token-to-token intervals after the first token).
+Every stage is warmed up once, then timed ``runs`` times; medians and p90s are reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from glm4v_edge.runtime.inputs import build_batch, user_message
+from glm4v_edge.runtime.variant import Sampling, Variant
+
+FILLER = "the red circle moves left of the blue square and the green triangle ".split()
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Shapes to time: image sides (px), prompt lengths (tokens), decode length."""
+
+    image_sizes: tuple[int, ...]
+    prompt_tokens: tuple[int, ...]
+    decode_tokens: int
+
+
+PROMPT_SETS = {
+    "quick": PromptSet(image_sizes=(224,), prompt_tokens=(128,), decode_tokens=16),
+    "standard": PromptSet(image_sizes=(224, 448, 896), prompt_tokens=(128, 512, 2048), decode_tokens=64),
+}
+
+
+def image_of(size: int) -> Image.Image:
+    rng = np.random.default_rng(size)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def text_of(processor, tokens: int) -> str:
+    """Filler text of at most ``tokens`` tokens."""
+    text = " ".join(FILLER[i % len(FILLER)] for i in range(tokens))
+    while len(processor.tokenizer(text)["input_ids"]) > tokens:
+        text = text.rsplit(" ", 8)[0]
+    return text
+
+
+def stats(seconds: list[float]) -> dict:
+    ms = np.array(seconds) * 1000
+    return {"median_ms": round(float(np.median(ms)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
+            "samples": len(ms)}
+
+
+def timed(function, runs: int) -> dict:
+    function()  # warm-up: first-call allocations and kernel selection
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return stats(times)
+
+
+def measure_latency(variant: Variant, prompts: PromptSet, runs: int, context: int) -> dict:
+    processor = variant.processor
+    vision = {}
+    for size in prompts.image_sizes:
+        batch = build_batch(processor, [[user_message("Describe the image.", images=[image_of(size)])]])
+        vision[f"{size}px"] = {**timed(lambda: variant.encode_vision(batch), runs),
+                               "image_tokens": int(batch["image_grid_thw"].prod()) // 4}
+    prefill = {}
+    for tokens in prompts.prompt_tokens:
+        if tokens >= context - prompts.decode_tokens:
+            continue  # the embedded model's context is 4096; skip lengths it cannot hold
+        batch = build_batch(processor, [[user_message(text_of(processor, tokens))]])
+        prefill[f"{tokens}"] = {**timed(lambda: variant.prompt_logits(batch), runs),
+                                "prompt_tokens": int(batch["input_ids"].shape[1])}
+
+    messages = [user_message("Describe the image in detail.", images=[image_of(prompts.image_sizes[0])])]
+    first, steps, generated = [], [], []
+    for run in range(runs + 1):
+        times = [event.elapsed_s for event in variant.generate(
+            messages, max_new_tokens=prompts.decode_tokens, sampling=Sampling.greedy())]
+        if run == 0 or not times:
+            continue  # warm-up
+        first.append(times[0])
+        steps += list(np.diff(times))
+        generated.append(len(times))
+    decode = stats(steps) if steps else None
+    return {
+        "vision": vision,
+        "prefill": prefill,
+        "time_to_first_token": {**stats(first), "image_px": prompts.image_sizes[0]} if first else None,
+        "decode": decode and {**decode, "tokens_per_s": round(1000 / decode["median_ms"], 2),
+                              "tokens_per_run": generated},
+    }

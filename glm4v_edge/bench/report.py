@@ -1,0 +1,192 @@
+"""A benchmark run -> ``<name>-<machine>-<date>.json`` (versioned schema), a Markdown table and
+matplotlib plots (latency per stage, decode tok/s vs memory, accuracy vs size)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+
+from glm4v_edge.bench.bandwidth import floor_ms_per_token
+from glm4v_edge.files import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "machine"
+
+
+def machine_slug(machine: dict) -> str:
+    return slug(machine.get("gpu") or machine.get("cpu") or "machine")
+
+
+def _ratio(base: float | None, value: float | None) -> float | None:
+    return round(base / value, 2) if base and value else None
+
+
+def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> dict[str, dict]:
+    """One flat row per variant: the numbers a reader compares, with speed-ups vs the baseline."""
+    def stage(result: dict, key: str) -> float | None:
+        latency = result.get("latency") or {}
+        if key == "decode":
+            return (latency.get("decode") or {}).get("median_ms")
+        if key == "ttft":
+            return (latency.get("time_to_first_token") or {}).get("median_ms")
+        group, label = key.split(":")
+        return (latency.get(group, {}).get(label) or {}).get("median_ms")
+
+    base = results[baseline]
+    keys = sorted({f"{group}:{label}" for r in results.values() for group in ("vision", "prefill")
+                   for label in (r.get("latency") or {}).get(group, {})},
+                  key=lambda k: (k.split(":")[0], int(re.sub(r"\D", "", k.split(":")[1]) or 0)))
+    rows = {}
+    for name, result in results.items():
+        if result.get("status") != "ok":
+            rows[name] = {"status": "failed", "error": result.get("error")}
+            continue
+        row = {"status": "ok", "size_mb": round(result["artifact_bytes"] / 1e6, 2), "load_s": result["load_s"]}
+        for key in (*keys, "ttft", "decode"):
+            row[f"{key}_ms"] = stage(result, key)
+            row[f"{key}_speedup"] = _ratio(stage(base, key), stage(result, key))
+        decode = (result["latency"].get("decode") or {})
+        row["decode_p90_ms"] = decode.get("p90_ms")
+        row["tokens_per_s"] = decode.get("tokens_per_s")
+        row["floor_ms_per_token"] = floor_ms_per_token(result["decoder_bytes"], bandwidth_gbs)
+        row["decode_vs_floor"] = (round(row["decode_ms"] / row["floor_ms_per_token"], 2)
+                                  if row["decode_ms"] and row["floor_ms_per_token"] else None)
+        row["peak_rss_mib"] = result.get("peak_rss_mib")
+        row["cuda_peak_mib"] = result.get("cuda_peak_mib")
+        fidelity = result.get("fidelity")
+        row["mean_kl"] = None if fidelity is None else fidelity["mean_kl"]
+        row["top1_agreement"] = None if fidelity is None else fidelity["top1_agreement"]
+        row["greedy_match"] = None if fidelity is None else f"{fidelity['greedy_match']}/{fidelity['reference_tokens']}"
+        row["task_accuracy"] = (result.get("task") or {}).get("accuracy")
+        row["public_accuracy"] = (result.get("public_set") or {}).get("accuracy")
+        rows[name] = row
+    return rows
+
+
+def build_record(name: str, settings: dict, machine: dict, bandwidth_gbs: float, results: dict,
+                 baseline: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "date": date.today().isoformat(),
+        "baseline": baseline,
+        "settings": settings,
+        "machine": {**machine, "copy_bandwidth_gbs": bandwidth_gbs},
+        "summary": summarize(results, baseline, bandwidth_gbs),
+        "results": results,
+    }
+
+
+def _fmt(value, spec: str = ".1f", suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value:{spec}}{suffix}"
+
+
+def markdown(record: dict) -> str:
+    summary, baseline = record["summary"], record["baseline"]
+    stages = [key[:-3] for key in next((r for r in summary.values() if r["status"] == "ok"), {}) if
+              key.endswith("_ms") and ":" in key]
+    machine = record["machine"]
+    lines = [
+        f"# {record['name']} · {record['date']}",
+        "",
+        f"Machine: {machine.get('gpu') or machine.get('cpu')} · {machine.get('cpu_cores')} cores · "
+        f"torch threads {machine.get('torch_threads')} · copy bandwidth {machine['copy_bandwidth_gbs']} GB/s. "
+        f"Baseline: **{baseline}**; speed-ups (x) are baseline time / variant time, measured in this run, "
+        f"each variant in its own process. Medians over {record['settings'].get('runs')} runs.",
+        "",
+        "| variant | size MB | load s | " + " | ".join(f"{s.replace(':', ' ')} ms" for s in stages)
+        + " | TTFT ms | decode ms/token (p90) | tok/s | floor ms/token | peak RSS MiB | mean KL | top-1 | greedy match"
+        " | task acc | public acc |",
+        "|---" * (14 + len(stages)) + "|",
+    ]
+    for name, row in summary.items():
+        if row["status"] != "ok":
+            lines.append(f"| {name} | failed: {row['error']} |" + " |" * (13 + len(stages)))
+            continue
+        cells = [name, _fmt(row["size_mb"]), _fmt(row["load_s"], ".2f")]
+        for s in (*stages, "ttft"):
+            cells.append(f"{_fmt(row[f'{s}_ms'])} ({_fmt(row[f'{s}_speedup'], '.2f', 'x')})")
+        cells.append(f"{_fmt(row['decode_ms'], '.2f')} ({_fmt(row['decode_p90_ms'], '.2f')}) "
+                     f"{_fmt(row['decode_speedup'], '.2f', 'x')}")
+        cells += [_fmt(row["tokens_per_s"]), _fmt(row["floor_ms_per_token"], ".3f"), _fmt(row["peak_rss_mib"], ".0f"),
+                  _fmt(row["mean_kl"], ".2e"), _fmt(row["top1_agreement"], ".1%"), row["greedy_match"] or "–",
+                  _fmt(row["task_accuracy"], ".1%"), _fmt(row["public_accuracy"], ".1%")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Floor: decoder weight bytes / copy bandwidth, the least time one decode step can take."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(record: dict, stem: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {name: row for name, row in record["summary"].items() if row["status"] == "ok"}
+    names = list(rows)
+    written = []
+    stages = [key[:-3] for key in next(iter(rows.values()), {}) if key.endswith("_ms") and ":" in key]
+    stages += ["ttft", "decode"]
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(stages) * len(names) / 3), 4))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = [rows[name].get(f"{s}_ms") or 0 for s in stages]
+        axis.bar([j + i * width for j in range(len(stages))], values, width, label=name)
+    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(stages))], [s.replace(":", "\n") for s in stages])
+    axis.set_ylabel("ms (median)")
+    axis.set_yscale("log")
+    axis.set_title(f"latency per stage · {record['name']}")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    written.append(_save(figure, stem.with_name(stem.name + "-latency.png")))
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name in names:
+        axis.scatter(rows[name]["peak_rss_mib"], rows[name]["tokens_per_s"] or 0)
+        axis.annotate(name, (rows[name]["peak_rss_mib"], rows[name]["tokens_per_s"] or 0), fontsize=7)
+    axis.set_xlabel("peak RSS (MiB)")
+    axis.set_ylabel("decode tokens/s")
+    axis.set_title("decode speed vs memory")
+    figure.tight_layout()
+    written.append(_save(figure, stem.with_name(stem.name + "-decode-vs-memory.png")))
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name in names:
+        accuracy = rows[name]["task_accuracy"] if rows[name]["task_accuracy"] is not None else rows[name]["top1_agreement"]
+        if accuracy is None:
+            accuracy = 1.0  # the baseline agrees with itself
+        axis.scatter(rows[name]["size_mb"], 100 * accuracy)
+        axis.annotate(name, (rows[name]["size_mb"], 100 * accuracy), fontsize=7)
+    axis.set_xlabel("size on disk (MB)")
+    axis.set_ylabel("task accuracy (%), else top-1 agreement with baseline")
+    axis.set_title("accuracy vs size")
+    figure.tight_layout()
+    written.append(_save(figure, stem.with_name(stem.name + "-accuracy-vs-size.png")))
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    temporary.replace(path)
+    return path
+
+
+def write_report(record: dict, out: Path) -> list[Path]:
+    """JSON, Markdown and PNGs under ``out``; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{slug(record['name'])}-{machine_slug(record['machine'])}-{record['date']}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    atomic_write_text(json_path, json.dumps(record, indent=2, default=float) + "\n")
+    atomic_write_text(md_path, markdown(record))
+    return [json_path, md_path, *plots(record, stem)]

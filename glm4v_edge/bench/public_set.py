@@ -35,6 +35,7 @@ INSTRUCTION = "Answer with the option's letter from the given choices directly."
 class Question:
     image: object
     prompt: str
+    options: list[str]  # empty when the question carries them inline (MMStar)
     answer: str  # a letter
     category: str
 
@@ -63,13 +64,22 @@ def questions(path: Path, limit: int | None = None) -> list[Question]:
         answer = str(row["answer"]).strip()
         if answer not in LETTERS and answer in map(str, options):
             answer = LETTERS[list(map(str, options)).index(answer)]
-        result.append(Question(to_rgb(row[image_column]), f"{question}\n{INSTRUCTION}", answer,
+        result.append(Question(to_rgb(row[image_column]), f"{question}\n{INSTRUCTION}", list(map(str, options)), answer,
                                str(row.get("category") or row.get("task") or "all")))
     return result
 
 
-def predicted_letter(answer_text: str) -> str | None:
-    match = re.search(r"(?<![A-Za-z])([A-F])(?![A-Za-z])", answer_text)
+def predicted_letter(answer_text: str, options: list[str]) -> str | None:
+    """The option letter a reply chose: a bare letter ("B", "(B)", "B. ..."), else the one option
+    whose text the reply contains (as VLMEvalKit does), else the first standalone letter."""
+    text = answer_text.strip()
+    bare = re.match(r"^\(?([A-F])\)?(?:[.:)\s]|$)", text)
+    if bare:
+        return bare.group(1)
+    named = [LETTERS[i] for i, option in enumerate(options) if option and option.lower() in text.lower()]
+    if len(named) == 1:
+        return named[0]
+    match = re.search(r"(?<![A-Za-z])([A-F])(?![A-Za-z])", text)
     return match.group(1) if match else None
 
 
@@ -78,7 +88,7 @@ def score(variant: Variant, path: Path, *, limit: int | None, max_new_tokens: in
     for question in questions(path, limit):
         result = collect(variant.generate([user_message(question.prompt, images=[question.image])],
                                           max_new_tokens=max_new_tokens, sampling=Sampling.greedy()))
-        correct = predicted_letter(result.reply.final_answer) == question.answer
+        correct = predicted_letter(result.reply.final_answer, question.options) == question.answer
         per_category.setdefault(question.category, []).append(int(correct))
     total = [c for scores in per_category.values() for c in scores]
     return {

@@ -29,3 +29,9 @@ def load_rows(path: Path):
     if isinstance(data, datasets.DatasetDict):
         data = data[next(iter(data))]
     return data
+
+
+def first_image_column(data) -> str | None:
+    import datasets
+
+    return next((name for name, feature in data.features.items() if isinstance(feature, datasets.Image)), None)

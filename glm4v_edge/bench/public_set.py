@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.local_datasets import load_rows
+from glm4v_edge.local_datasets import first_image_column, load_rows
 from glm4v_edge.media import to_rgb
 from glm4v_edge.runtime.inputs import user_message
 from glm4v_edge.runtime.variant import Sampling, Variant, collect
@@ -41,11 +41,9 @@ class Question:
 
 
 def questions(path: Path, limit: int | None = None) -> list[Question]:
-    import datasets
-
     data = load_rows(path)
     features = data.features
-    image_column = next((n for n, f in features.items() if isinstance(f, datasets.Image)), None)
+    image_column = first_image_column(data)
     if image_column is None or "question" not in features or "answer" not in features:
         raise Glm4vEdgeError(f"{path} needs an image column, 'question' and 'answer'; it has: {', '.join(features)}")
     result = []

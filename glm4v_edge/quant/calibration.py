@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.local_datasets import is_saved_dataset, load_rows
+from glm4v_edge.local_datasets import first_image_column, is_saved_dataset, load_rows
 from glm4v_edge.media import load_image, to_rgb
 from glm4v_edge.runtime.inputs import build_batch, user_message
 from glm4v_edge.tiny import task
@@ -69,32 +69,36 @@ class CalibrationSample:
         return {"source": self.source, "media": images, "tokens": tokens}
 
 
-def embedded_samples(count: int) -> list[CalibrationSample]:
-    """The embedded model's training distribution: task questions with their target replies."""
+def with_text_only(count: int, media_sample: Callable[[int], CalibrationSample]) -> list[CalibrationSample]:
+    """``count`` samples: one in ``TEXT_ONLY_EVERY`` a generic text prompt, the rest ``media_sample(index)``."""
     samples = []
     for index in range(count):
         if index % TEXT_ONLY_EVERY == TEXT_ONLY_EVERY - 1:
             prompt = GENERIC_TEXT_PROMPTS[index % len(GENERIC_TEXT_PROMPTS)]
             samples.append(CalibrationSample(f"text:{index}", [user_message(prompt)]))
-            continue
-        sample = task.make_sample("train", index)
-        samples.append(CalibrationSample(f"task:train/{index}:{sample.qtype}", sample.messages(), sample.target()))
+        else:
+            samples.append(media_sample(index))
     return samples
+
+
+def embedded_samples(count: int) -> list[CalibrationSample]:
+    """The embedded model's training distribution: task questions with their target replies."""
+    def task_sample(index: int) -> CalibrationSample:
+        sample = task.make_sample("train", index)
+        return CalibrationSample(f"task:train/{index}:{sample.qtype}", sample.messages(), sample.target())
+
+    return with_text_only(count, task_sample)
 
 
 def builtin_samples(count: int, seed: int = 0) -> list[CalibrationSample]:
     """For a real checkpoint with no data given: generated shape images (varied aspect ratios)
     with generic questions, and generic text prompts. Weaker than real images; say so."""
-    samples = []
-    for index in range(count):
-        if index % TEXT_ONLY_EVERY == TEXT_ONLY_EVERY - 1:
-            prompt = GENERIC_TEXT_PROMPTS[index % len(GENERIC_TEXT_PROMPTS)]
-            samples.append(CalibrationSample(f"text:{index}", [user_message(prompt)]))
-            continue
+    def generated_sample(index: int) -> CalibrationSample:
         image = task.make_sample("calibration", index).images or task.make_sample("calibration", index + 1).images
         question = GENERIC_QUESTIONS[random.Random(seed + index).randrange(len(GENERIC_QUESTIONS))]
-        samples.append(CalibrationSample(f"builtin:{index}", [user_message(question, images=image[:1])]))
-    return samples
+        return CalibrationSample(f"builtin:{index}", [user_message(question, images=image[:1])])
+
+    return with_text_only(count, generated_sample)
 
 
 def folder_samples(folder: Path, count: int, warn: Warn) -> list[CalibrationSample]:
@@ -122,10 +126,8 @@ def folder_samples(folder: Path, count: int, warn: Warn) -> list[CalibrationSamp
 
 def dataset_samples(path: Path, count: int, warn: Warn) -> list[CalibrationSample]:
     """A ``datasets.save_to_disk`` folder or parquet file(s): first image column + first text column."""
-    import datasets
-
     data = load_rows(path)
-    image_column = next((name for name, feature in data.features.items() if isinstance(feature, datasets.Image)), None)
+    image_column = first_image_column(data)
     text_column = next((name for name in TEXT_COLUMNS if name in data.features), None)
     if image_column is None or text_column is None:
         raise Glm4vEdgeError(f"the dataset at {path} needs an image column and a text column "

@@ -104,11 +104,11 @@ def markdown(record: dict) -> str:
         "| variant | size MB | load s | " + " | ".join(f"{s.replace(':', ' ')} ms" for s in stages)
         + " | TTFT ms | decode ms/token (p90) | tok/s | floor ms/token | peak RSS MiB | mean KL | top-1 | greedy match"
         " | task acc | public acc |",
-        "|---" * (14 + len(stages)) + "|",
+        "|---" * (13 + len(stages)) + "|",
     ]
     for name, row in summary.items():
         if row["status"] != "ok":
-            lines.append(f"| {name} | failed: {row['error']} |" + " |" * (13 + len(stages)))
+            lines.append(f"| {name} | failed: {row['error']} |" + " |" * (11 + len(stages)))
             continue
         cells = [name, _fmt(row["size_mb"]), _fmt(row["load_s"], ".2f")]
         for s in (*stages, "ttft"):

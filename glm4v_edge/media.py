@@ -37,6 +37,10 @@ class Video:
         return cls(frames=frames, metadata=metadata)
 
 
+def first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def check_file(path: str | Path, kind: str) -> Path:
     path = Path(path)
     if not path.exists():
@@ -90,8 +94,23 @@ def load_video(path: str | Path, sample_indices_fn: Callable) -> Video:
     try:
         frames, metadata = transformers_load_video(str(path), backend="pyav", sample_indices_fn=sample_indices_fn)
     except Exception as error:  # PyAV raises many types (InvalidDataError, OSError, ValueError ...)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise Glm4vEdgeError(f"cannot read video: {path} ({reason})") from None
+        raise Glm4vEdgeError(f"cannot read video: {path} ({first_line(error)})") from None
     if len(frames) == 0:
         raise Glm4vEdgeError(f"video has no frames: {path}")
     return Video(frames=np.asarray(frames), metadata=metadata)
+
+
+def probe_video(path: str | Path) -> Path:
+    """Check that a file opens as a video with at least one video stream, without decoding it."""
+    import av
+
+    path = check_file(path, "video")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise Glm4vEdgeError(f"no video stream in {path}")
+    except Glm4vEdgeError:
+        raise
+    except Exception as error:  # PyAV raises many types
+        raise Glm4vEdgeError(f"cannot read video: {path} ({first_line(error)})") from None
+    return path

@@ -41,3 +41,32 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr + result.stdout
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def rambling_model(tmp_path_factory) -> Path:
+    """The tiny architecture with random weights whose end-of-turn logits are zero, so greedy
+    decoding never ends a reply: a generation that only max_new_tokens or a stop ends."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from glm4v_edge.tiny.random_checkpoint import write_random_checkpoint
+
+    out = write_random_checkpoint("tiny", tmp_path_factory.mktemp("rambling") / "model", dtype="fp32")
+    end_ids = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+    for shard in out.glob("*.safetensors"):
+        weights = load_file(shard)
+        if "lm_head.weight" in weights:
+            weights["lm_head.weight"][end_ids] = 0.0
+            save_file(weights, shard, metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def rambling_server(rambling_model):
+    """`glm4v-edge serve` on the rambling model, in its own process: yields the /v1 base URL."""
+    from tests.servers import running_server
+
+    with running_server("serve", "--model", str(rambling_model)) as url:
+        yield url

@@ -41,12 +41,10 @@ class Job:
 
 
 def _load(job: Job):
-    from glm4v_edge.runtime import load_variant
+    from glm4v_edge.runtime.registry import load_from
 
     options = {"device": job.device, "threads": job.threads}
-    if not job.variant.startswith("torch"):
-        options["artifacts"] = job.artifacts
-    return load_variant(job.variant, job.model, **{k: v for k, v in options.items() if v is not None})
+    return load_from(job.variant, job.model, job.artifacts, **{k: v for k, v in options.items() if v is not None})
 
 
 def measure(job: Job) -> dict:

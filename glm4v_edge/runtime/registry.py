@@ -6,6 +6,7 @@ branch on what kind it is.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from glm4v_edge.runtime.variant import Variant
 
 Loader = Callable[..., Variant]
 LOADERS: dict[str, Loader] = {}
+REMOTE = "remote"
+REMOTE_URL_ENV = "GLM4V_EDGE_REMOTE_URL"  # e.g. http://localhost:8000/v1 (vLLM, SGLang, glm4v-edge serve)
 
 
 def register(name: str, loader: Loader) -> None:
@@ -34,6 +37,18 @@ def load_variant(name: str, model: str | Path | None = None, **options) -> Varia
     if name not in LOADERS:
         raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(variant_names())}")
     return LOADERS[name](model, **options)
+
+
+def load_from(name: str, model: str | Path | None, artifacts: str | Path | None, *,
+              remote_url: str | None = None, remote_model: str | None = None, **options) -> Variant:
+    """Load ``name`` from a build: the artifacts folder goes to the variants it holds, the
+    remote variant gets the endpoint, the rest load ``model`` (the source checkpoint)."""
+    if artifacts is not None and name in built_variants(artifacts):
+        options["artifacts"] = artifacts
+    if name == REMOTE:
+        model = remote_model
+        options["url"] = remote_url
+    return load_variant(name, model, **options)
 
 
 def _torch_loader(dtype: torch.dtype | None) -> Loader:
@@ -74,6 +89,17 @@ def _gptq_loader(name: str) -> Loader:
     return load
 
 
+def _remote_loader(model, device: str | None = None, artifacts: str | Path | None = None,
+                   threads: int | None = None, url: str | None = None, api_key: str | None = None) -> Variant:
+    from glm4v_edge.runtime.remote_variant import RemoteVariant  # openai only when asked for
+
+    url = url or os.environ.get(REMOTE_URL_ENV)
+    if not url:
+        raise Glm4vEdgeError(f"the remote variant needs an endpoint URL: set {REMOTE_URL_ENV} "
+                             "(or `glm4v-edge demo --remote-url`)")
+    return RemoteVariant(url, model=str(model) if model is not None else None, api_key=api_key)
+
+
 def verified_subfolder(artifacts: Path, name: str) -> Path:
     """The folder of variant ``name`` inside an artifacts folder, every file checked against the manifest."""
     manifest = read_manifest(artifacts)
@@ -107,3 +133,4 @@ for _dtype in DTYPE_SUFFIX:
 for _bits in BITS:
     register(f"gptq-int{_bits}", _gptq_loader(f"gptq-int{_bits}"))
     register(f"rtn-int{_bits}", _gptq_loader(f"rtn-int{_bits}"))  # GPTQModel's round-to-nearest, same format
+register(REMOTE, _remote_loader)  # --model: the served model's id (default: the server's first)

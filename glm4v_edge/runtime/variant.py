@@ -42,7 +42,7 @@ class Sampling:
 class TokenEvent:
     """One generated token, already decoded and split by the thinking parser."""
 
-    token_id: int
+    token_id: int  # -1 from a remote server, which streams text rather than ids
     text: str  # the text this token completes ("" while a multi-byte character is pending)
     pieces: tuple[Piece, ...]  # ``text`` split into thinking / answer
     elapsed_s: float  # since generate() was called; the first event's is the time to first token

@@ -1,0 +1,120 @@
+"""`glm4v-edge serve` (OpenAI-compatible, real HTTP in a subprocess) and the remote variant that talks to it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import urllib.request
+
+import openai
+import pytest
+
+from glm4v_edge.demo.examples import load_examples
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.runtime import Sampling, collect, load_variant
+from glm4v_edge.runtime.inputs import user_message
+from glm4v_edge.thinking import parse_reply
+from tests.servers import running_server
+
+EXAMPLES = load_examples()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server("serve") as url:  # the embedded model, torch
+        yield url
+
+
+def health(base_url: str) -> dict:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.files[0].stem)
+def test_remote_variant_streams_the_right_answer_with_thinking(server, example):
+    remote = load_variant("remote", url=server)
+    assert remote.served_model == "torch-fp32"
+    media = {"video": example.files[0]} if example.files[0].suffix == ".mp4" else {"images": list(example.files)}
+    result = collect(remote.generate([user_message(example.question, **media)], max_new_tokens=128,
+                                     sampling=Sampling.greedy()))
+    assert result.reply.final_answer == example.answer
+    assert result.reply.thinking
+    assert len(result.token_ids) > 1  # streamed in many chunks, not one
+
+
+def test_openai_client_without_streaming_gets_the_raw_reply(server):
+    example = EXAMPLES[0]
+    url = "data:image/png;base64," + base64.b64encode(example.files[0].read_bytes()).decode()
+    client = openai.OpenAI(base_url=server, api_key="unused")
+    completion = client.chat.completions.create(
+        model="torch-fp32", temperature=0, max_tokens=128,
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                               {"type": "text", "text": example.question}]}],
+    )
+    reply = parse_reply(completion.choices[0].message.content)
+    assert reply.final_answer == example.answer
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.completion_tokens > 1
+
+
+def test_thinking_budget_zero_answers_directly(server):
+    remote = load_variant("remote", url=server)
+    example = EXAMPLES[0]
+    result = collect(remote.generate([user_message(example.question, images=list(example.files))],
+                                     max_new_tokens=64, sampling=Sampling.greedy(), thinking_budget=0))
+    assert result.reply.thinking == ""
+    assert result.reply.final_answer
+
+
+@pytest.mark.parametrize("content, status, fragment", [
+    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()}},
+      {"type": "text", "text": "What is this?"}], 400, "not an image"),
+    ([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}], 400, "data URL"),
+    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}], 400, "invalid base64"),
+    ([{"type": "input_audio", "input_audio": {}}], 400, "unsupported content part"),
+])
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, content, status, fragment):
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="torch-fp32", messages=[{"role": "user", "content": content}])
+    assert raised.value.status_code == status
+    assert fragment in raised.value.message
+    assert health(server)["running"] == 0
+    ok = client.chat.completions.create(model="torch-fp32", messages=[{"role": "user", "content": "Hello"}],
+                                        max_tokens=8)
+    assert ok.choices[0].message.content is not None
+
+
+def test_unknown_model_is_404(server):
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="torch-fp32"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+
+
+def test_remote_errors_are_one_line():
+    with pytest.raises(Glm4vEdgeError, match="cannot list models"):
+        load_variant("remote", url="http://127.0.0.1:9/v1")  # nothing listens on the discard port
+    with pytest.raises(Glm4vEdgeError, match="needs an endpoint"):
+        load_variant("remote")
+
+
+def test_stop_ends_a_remote_generation_early(rambling_server):
+    remote = load_variant("remote", url=rambling_server)
+    stop = threading.Event()
+    received = 0
+    for _ in remote.generate([user_message("Talk.")], max_new_tokens=3000, sampling=Sampling.greedy(), stop=stop):
+        received += 1
+        if received == 5:
+            stop.set()
+    assert received == 5
+    # The server ended that generation (its slot is free) long before the 3000-token limit.
+    for _ in range(100):
+        state = health(rambling_server)
+        if state["running"] == 0:
+            break
+        threading.Event().wait(0.1)
+    assert state["running"] == 0
+    assert state["last_completion_tokens"] < 3000
+    follow_up = collect(remote.generate([user_message("Again.")], max_new_tokens=4, sampling=Sampling.greedy()))
+    assert len(follow_up.token_ids) >= 1

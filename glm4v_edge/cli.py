@@ -341,6 +341,60 @@ def build(
     run_bench(out, model, "all", None, prompts, runs, None, None, None, device, threads, results, None)
 
 
+@app.command()
+def demo(
+    artifacts: Annotated[Path | None, typer.Option(
+        help="A `glm4v-edge build` folder: its ONNX and GPTQ variants join the picker.")] = None,
+    model: ModelOption = None,
+    variant: Annotated[str | None, typer.Option(
+        help="Variant selected at start. Default: onnx-q4 when the artifacts hold it, else torch.")] = None,
+    remote_url: Annotated[str | None, typer.Option(
+        help="An OpenAI-compatible endpoint (vLLM, SGLang, `glm4v-edge serve`): adds the `remote` variant.")] = None,
+    remote_model: Annotated[str | None, typer.Option(help="The model id served there. Default: its first.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port. Default: 7860 or the next free one.")] = None,
+    share: Annotated[bool, typer.Option(help="Also open a public gradio.live link.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="Generations at once per variant.")] = 1,
+    queue_size: Annotated[int, typer.Option(min=1, help="Waiting requests beyond this are turned away.")] = 32,
+    memory_gb: Annotated[float | None, typer.Option(
+        help="Keep loaded variants within this many GiB. Default: half the RAM.")] = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """The web chat (Gradio) on any variant: streaming, collapsible thinking, images / video / PDF, stop."""
+    from glm4v_edge.demo.settings import DemoSettings
+    from glm4v_edge.demo.ui import launch_demo
+
+    settings = DemoSettings.from_env(
+        model=model, artifacts=artifacts, variant=variant, remote_url=remote_url, remote_model=remote_model,
+        device=device, threads=threads, memory_budget_gb=memory_gb, concurrency_per_variant=concurrency,
+        queue_size=queue_size,
+    )
+    launch_demo(settings, host=host, port=port, share=share)
+
+
+@app.command()
+def serve(
+    variant: VariantOption = "torch",
+    model: ModelOption = None,
+    artifacts: Annotated[Path | None, typer.Option(help="A `glm4v-edge build` folder, for its variants.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(
+        help="The model id clients send. Default: the variant's name.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Generations at once; more wait.")] = 1,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """An OpenAI-compatible /v1/chat/completions server (streaming SSE) on any variant."""
+    from glm4v_edge.demo.serve import serve as run_server
+    from glm4v_edge.runtime.registry import load_from
+
+    runner = load_from(variant, model, artifacts, **variant_options(device, threads=threads))
+    errors.print(f"serving {runner.name} at http://{host}:{port}/v1 (model id: {served_model_name or runner.name})")
+    run_server(runner, host=host, port=port, served_model=served_model_name, concurrency=concurrency)
+
+
 @tiny_app.command("train")
 def tiny_train(
     out: Annotated[Path, typer.Option(help="Where to write the checkpoint.")] = Path("artifacts/tiny-checkpoint"),

@@ -1,0 +1,105 @@
+"""The variants a demo offers, loaded on first use and kept while they fit a memory budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from glm4v_edge.demo.settings import DemoSettings
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.runtime.registry import REMOTE, built_variants, load_from
+from glm4v_edge.runtime.variant import Variant
+
+BASELINE = "torch"  # the checkpoint in transformers: fp32 on CPU, bf16 on CUDA
+PREFERRED_DEFAULT = "onnx-q4"  # the fastest CPU variant, when the artifacts hold it
+
+
+@dataclass
+class Loaded:
+    variant: Variant
+    load_s: float
+    users: int = 0  # generations running on it now; a variant in use is never evicted
+
+
+class VariantCatalog:
+    """Name -> variant. ``use(name)`` loads once, bounds concurrent generations per variant,
+    and evicts the least recently used idle variants when the memory budget is exceeded."""
+
+    def __init__(self, settings: DemoSettings):
+        self.settings = settings
+        self.loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self.lock = threading.Lock()  # guards ``loaded``
+        self.load_locks: dict[str, threading.Lock] = {}
+        self.slots: dict[str, threading.BoundedSemaphore] = {}
+
+    def names(self) -> list[str]:
+        names = [BASELINE]
+        if self.settings.artifacts is not None:
+            names += built_variants(self.settings.artifacts)
+        if self.settings.remote_url:
+            names.append(REMOTE)
+        return names
+
+    def default_name(self) -> str:
+        names = self.names()
+        if self.settings.variant is not None:
+            if self.settings.variant not in names:
+                raise Glm4vEdgeError(f"variant {self.settings.variant!r} is not available here; "
+                                     f"choose one of: {', '.join(names)}")
+            return self.settings.variant
+        return PREFERRED_DEFAULT if PREFERRED_DEFAULT in names else names[0]
+
+    def load(self, name: str) -> Loaded:
+        """The loaded variant ``name`` (loading it at most once, however many sessions ask)."""
+        if name not in self.names():
+            raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(self.names())}")
+        with self.lock:
+            load_lock = self.load_locks.setdefault(name, threading.Lock())
+        with load_lock:
+            with self.lock:
+                if name in self.loaded:
+                    self.loaded.move_to_end(name)
+                    return self.loaded[name]
+            started = time.perf_counter()
+            options = {"device": self.settings.device, "threads": self.settings.threads}
+            variant = load_from(name, self.settings.model, self.settings.artifacts, remote_url=self.settings.remote_url,
+                                remote_model=self.settings.remote_model,
+                                **{key: value for key, value in options.items() if value is not None})
+            entry = Loaded(variant, time.perf_counter() - started)
+            with self.lock:
+                self.loaded[name] = entry
+                self._evict(keep=name)
+            return entry
+
+    def _evict(self, keep: str) -> None:
+        """Drop idle variants, oldest use first, until the loaded ones fit the budget."""
+        budget = self.settings.memory_budget_bytes
+        for name in list(self.loaded):
+            if sum(e.variant.artifact_bytes for e in self.loaded.values()) <= budget:
+                return
+            if name != keep and self.loaded[name].users == 0:
+                del self.loaded[name]
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[Variant]:
+        """A variant for one generation; waits while ``concurrency_per_variant`` others run on it."""
+        with self.lock:
+            slot = self.slots.setdefault(name, threading.BoundedSemaphore(self.settings.concurrency_per_variant))
+        with slot:
+            entry = self.load(name)
+            with self.lock:
+                entry.users += 1
+            try:
+                yield entry.variant
+            finally:
+                with self.lock:
+                    entry.users -= 1
+
+    @property
+    def max_concurrency(self) -> int:
+        """Generations the whole app may run at once (every variant's share)."""
+        return self.settings.concurrency_per_variant * len(self.names())

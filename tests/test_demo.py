@@ -1,0 +1,227 @@
+"""The Gradio demo end to end through gradio_client: answers, concurrency, stop, bad uploads.
+
+The demo runs for real on a free loopback port; nothing of Gradio is mocked.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from glm4v_edge.demo.catalog import VariantCatalog
+from glm4v_edge.demo.examples import load_examples
+from glm4v_edge.demo.reply_view import THINKING_TITLE, ReplyView
+from glm4v_edge.demo.settings import DemoSettings
+from glm4v_edge.demo.ui import launch_demo
+from glm4v_edge.runtime import Sampling, collect
+from glm4v_edge.runtime.inputs import user_message
+from glm4v_edge.runtime.variant import TokenEvent
+from glm4v_edge.thinking import ReplyParser, history_text
+from tests.servers import free_port
+
+EXAMPLES = load_examples()
+SETTINGS = dict(thinking_budget=8192, max_new_tokens=256, temperature=0.0, top_p=1.0)
+
+
+@pytest.fixture(scope="module")
+def demo_url(rambling_server):
+    settings = DemoSettings(remote_url=rambling_server, queue_size=16)
+    port = free_port()
+    demo = launch_demo(settings, port=port, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def ask(client: Client, question: str, files=(), variant: str = "torch", **overrides):
+    options = {**SETTINGS, **overrides}
+    chat, _ = client.predict(
+        {"text": question, "files": [handle_file(str(f)) for f in files]}, [], variant, "",
+        options["thinking_budget"], options["max_new_tokens"], options["temperature"], options["top_p"],
+        api_name="/chat",
+    )
+    return chat
+
+
+def message_text(message: dict) -> str:
+    """Gradio 6 hands a message's content back as a list of parts."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text") or "" for part in content)
+
+
+def assistant_parts(chat: list[dict]) -> tuple[str, str]:
+    """(thinking, answer) of the last reply as the chat shows it."""
+    replies = [m for m in chat if m["role"] == "assistant"]
+    thinking = [message_text(m) for m in replies if (m.get("metadata") or {}).get("title")]
+    answers = [message_text(m) for m in replies if not (m.get("metadata") or {}).get("title")]
+    return (thinking[-1] if thinking else ""), answers[-1]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.files[0].stem)
+def test_examples_get_the_right_answer_and_thinking(demo_url, example):
+    chat = ask(Client(demo_url, verbose=False), example.question, example.files)
+    thinking, answer = assistant_parts(chat)
+    assert thinking
+    assert f"<mark>{example.answer}</mark>" in answer or answer.startswith(example.answer)
+    assert "tokens/s" in answer and "torch-fp32" in answer  # the run's metrics, small under the answer
+
+
+def test_eight_clients_at_once_all_get_their_answer(demo_url):
+    cases = [EXAMPLES[i % 4] for i in range(8)]  # images only: four examples, twice each
+
+    def one(example):
+        return example, ask(Client(demo_url, verbose=False), example.question, example.files)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, cases, timeout=600))
+    for example, chat in results:
+        assert example.answer in assistant_parts(chat)[1]
+
+
+def test_multi_turn_sends_back_answers_only(demo_url, tiny_variant):
+    """The second turn's reply equals a direct generation whose history holds turn one's answer
+    without its thinking (the embedded model was trained single-turn, so only equality is checked)."""
+    client = Client(demo_url, verbose=False)
+    first, second = EXAMPLES[0], EXAMPLES[1]
+    ask(client, first.question, first.files)
+    chat = ask(client, second.question, second.files)  # same session: the history goes back in
+
+    turn_one = [user_message(first.question, images=list(first.files))]
+    answer_one = history_text(collect(tiny_variant.generate(turn_one, max_new_tokens=256,
+                                                            sampling=Sampling.greedy())).reply)
+    history = [*turn_one, {"role": "assistant", "content": [{"type": "text", "text": answer_one}]},
+               user_message(second.question, images=list(second.files))]
+    expected = collect(tiny_variant.generate(history, max_new_tokens=256, sampling=Sampling.greedy()))
+    shown = assistant_parts(chat)[1].split("<sub>")[0]
+    assert shown.replace("<mark>", "").replace("</mark>", "").strip() == expected.reply.answer
+
+
+def test_stop_ends_generation_mid_reply(demo_url):
+    client = Client(demo_url, verbose=False)
+    job = client.submit({"text": "Talk.", "files": []}, [], "remote", "", 8192, 4000, 0.0, 1.0, api_name="/chat")
+    deadline = time.monotonic() + 120
+    while len(job.outputs()) < 5 and time.monotonic() < deadline:  # a few streamed updates first
+        time.sleep(0.1)
+    assert not job.done()
+    client.predict(api_name="/stop")
+    chat, _ = job.result(timeout=120)
+    _, answer = assistant_parts(chat)
+    assert "stopped" in answer and "remote" in answer
+    tokens = int(answer.rsplit(" tokens", 1)[0].rsplit("·", 1)[1])
+    assert tokens < 4000
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    corrupt = tmp_path / "corrupt.png"
+    whole = EXAMPLES[0].files[0].read_bytes()
+    corrupt.write_bytes(whole[:len(whole) // 2])  # cut off mid-stream
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    many = []
+    for number in range(11):
+        copy = tmp_path / f"image-{number}.png"
+        shutil.copy(EXAMPLES[0].files[0], copy)
+        many.append(copy)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing playable")
+    motion = EXAMPLES[4].files[0]
+    return {"empty": [empty], "corrupt": [corrupt], "text": [text], "eleven": many, "bad_video": [video],
+            "two_videos": [motion, motion], "image_and_video": [EXAMPLES[0].files[0], motion]}
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("empty", "empty"), ("corrupt", "truncated or corrupt"), ("text", "[Ii]nvalid file type|unsupported file type"),  # Gradio checks file_types first
+    ("eleven", "11 images"), ("bad_video", "cannot read video"), ("two_videos", "one video per message"),
+    ("image_and_video", "images or a video, not both"),
+])
+def test_bad_uploads_are_an_error_message_and_the_server_keeps_serving(demo_url, bad_files, case, fragment):
+    client = Client(demo_url, verbose=False)
+    with pytest.raises(AppError, match=fragment) as raised:
+        ask(client, "What is this?", bad_files[case])
+    assert "/tmp/" not in str(raised.value)  # the file's name, not the server's paths
+    example = EXAMPLES[0]
+    assert example.answer in assistant_parts(ask(client, example.question, example.files))[1]
+
+
+def test_a_path_outside_the_upload_cache_is_refused(demo_url):
+    """A hand-made request naming a server file, past gradio_client (which would upload it)."""
+    payload = {"data": [{"text": "What is this?", "files": [{"path": "/etc/hostname",
+                                                             "meta": {"_type": "gradio.FileData"}}]},
+                        [], "torch", "", 8192, 64, 0.0, 1.0]}
+    with httpx.Client(base_url=demo_url, timeout=60) as http:
+        event_id = http.post("gradio_api/call/chat", json=payload).json()["event_id"]
+        stream = http.get(f"gradio_api/call/chat/{event_id}").text
+    assert "event: error" in stream
+    assert open("/etc/hostname").read().strip() not in stream.split("event: error", 1)[1]
+    example = EXAMPLES[0]
+    assert example.answer in assistant_parts(ask(Client(demo_url, verbose=False), example.question,
+                                                 example.files))[1]
+
+
+def events_for(text: str) -> list[TokenEvent]:
+    parser = ReplyParser()
+    return [TokenEvent(token_id=i, text=t, pieces=tuple(parser.feed(t)), elapsed_s=0.1 * (i + 1))
+            for i, t in enumerate(text)]
+
+
+def test_reply_view_collapses_thinking_when_the_answer_starts_and_marks_boxes():
+    view = ReplyView("torch-fp32")
+    reply = "<think>two shapes</think><answer>There are <|begin_of_box|>2<|end_of_box|> shapes.</answer>"
+    cut = reply.index("<answer>")
+    for event in events_for(reply[:cut]):
+        view.add(event)
+    assert view.messages()[0]["metadata"] == {"title": THINKING_TITLE, "status": "pending"}
+    for event in events_for(reply[cut:]):
+        view.add(event)
+    view.finished = True
+    thinking, answer = view.messages()
+    assert thinking["content"] == "two shapes" and thinking["metadata"]["status"] == "done"
+    assert answer["content"].startswith("There are <mark>2</mark> shapes.")
+    assert "<sub>" in answer["content"]
+    assert view.history_answer() == "There are 2 shapes."  # no thinking, no metrics, no tags
+
+
+def test_catalog_loads_once_and_evicts_idle_variants_past_the_memory_budget(rambling_server):
+    catalog = VariantCatalog(DemoSettings(remote_url=rambling_server, memory_budget_gb=1e-9))
+    assert catalog.names() == ["torch", "remote"]
+    assert catalog.default_name() == "torch"
+    first = catalog.load("torch")
+    assert catalog.load("torch") is first
+    catalog.load("remote")
+    assert list(catalog.loaded) == ["remote"]  # torch did not fit beside it and was idle
+
+
+def test_settings_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLM4V_EDGE_ARTIFACTS", str(tmp_path))
+    monkeypatch.setenv("GLM4V_EDGE_MEMORY_GB", "2.5")
+    settings = DemoSettings.from_env(variant="torch")
+    assert settings.artifacts == tmp_path and settings.memory_budget_bytes == int(2.5 * 2**30)
+    assert settings.variant == "torch"
+    assert settings.max_images == 10
+
+
+def test_a_pdf_becomes_page_images(demo_url, tmp_path):
+    from PIL import Image
+
+    example = EXAMPLES[2]  # two images: "Which color is the shape shown in the second image?"
+    pages = [Image.open(path).convert("RGB") for path in example.files]
+    pdf = tmp_path / "two-pages.pdf"
+    pages[0].save(pdf, save_all=True, append_images=pages[1:])
+    chat = ask(Client(demo_url, verbose=False), example.question, [pdf])
+    shown = [part for m in chat if m["role"] == "user" for part in m["content"] if part.get("type") == "file"]
+    assert [Path(part["file"]).name for part in shown] == ["page-1.png", "page-2.png"]
+    assert example.answer in assistant_parts(chat)[1]
+
+    too_long = tmp_path / "eleven-pages.pdf"
+    pages[0].save(too_long, save_all=True, append_images=pages[:1] * 10)
+    with pytest.raises(AppError, match="11 pages"):
+        ask(Client(demo_url, verbose=False), example.question, [too_long])

@@ -20,10 +20,12 @@ from glm4v_edge.demo.examples import load_examples
 from glm4v_edge.demo.reply_view import THINKING_TITLE, ReplyView
 from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.demo.ui import launch_demo
+from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.runtime import Sampling, collect
 from glm4v_edge.runtime.inputs import user_message
 from glm4v_edge.runtime.variant import TokenEvent
 from glm4v_edge.thinking import ReplyParser, history_text
+from tests.conftest import assert_one_line_error, run_cli
 from tests.servers import free_port
 
 EXAMPLES = load_examples()
@@ -225,3 +227,29 @@ def test_a_pdf_becomes_page_images(demo_url, tmp_path):
     pages[0].save(too_long, save_all=True, append_images=pages[:1] * 10)
     with pytest.raises(AppError, match="11 pages"):
         ask(Client(demo_url, verbose=False), example.question, [too_long])
+
+
+def test_catalog_offers_what_a_build_holds_and_starts_on_q4(tmp_path):
+    """The picker lists the manifest's ONNX precisions and GPTQ checkpoints (loading them is
+    tested with the ONNX and GPTQ variants); a missing artifacts folder is a one-line error."""
+    (tmp_path / "manifest.json").write_text(
+        '{"dtypes": ["fp32", "q4"], "variants": {"gptq-int4": {"folder": "gptq-int4"}}, "files": {}}')
+    catalog = VariantCatalog(DemoSettings(artifacts=tmp_path))
+    assert catalog.names() == ["torch", "onnx-fp32", "onnx-q4", "gptq-int4"]
+    assert catalog.default_name() == "onnx-q4"
+    assert catalog.max_concurrency == 4
+    with pytest.raises(Glm4vEdgeError, match="not available here"):
+        VariantCatalog(DemoSettings(artifacts=tmp_path, variant="onnx-int8")).default_name()
+    with pytest.raises(Glm4vEdgeError, match="artifacts folder not found"):
+        VariantCatalog(DemoSettings(artifacts=tmp_path / "missing")).names()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("demo", "--artifacts", "no-such-folder"), "artifacts folder not found"),
+    (("demo", "--variant", "onnx-q4"), "not available here"),
+    (("serve", "--variant", "onnx-q4"), "needs an artifacts folder"),
+    (("chat", "Hi", "--variant", "remote"), "needs an endpoint URL"),
+])
+def test_cli_refuses_bad_settings_in_one_line(args, fragment, monkeypatch):
+    monkeypatch.delenv("GLM4V_EDGE_REMOTE_URL", raising=False)
+    assert_one_line_error(run_cli(*args), fragment)

@@ -253,3 +253,22 @@ def test_catalog_offers_what_a_build_holds_and_starts_on_q4(tmp_path):
 def test_cli_refuses_bad_settings_in_one_line(args, fragment, monkeypatch):
     monkeypatch.delenv("GLM4V_EDGE_REMOTE_URL", raising=False)
     assert_one_line_error(run_cli(*args), fragment)
+
+
+def test_uploads_over_the_size_limit_are_refused(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    demo = launch_demo(DemoSettings(max_file_mb=1), port=port, prevent_thread_lock=True)
+    try:
+        big = tmp_path / "big.png"
+        big.write_bytes(EXAMPLES[0].files[0].read_bytes() + bytes(2 * 2**20))  # 2 MiB over a 1 MiB limit
+        with httpx.Client(base_url=url, timeout=60) as http:  # the server's own check, past any client
+            response = http.post("gradio_api/upload", files={"files": (big.name, big.read_bytes(), "image/png")})
+        assert response.status_code == 413
+        client = Client(url, verbose=False)
+        with pytest.raises(ValueError, match="exceeds the maximum file size"):  # gradio_client checks first
+            ask(client, "What is this?", [big])
+        example = EXAMPLES[0]
+        assert example.answer in assistant_parts(ask(client, example.question, example.files))[1]
+    finally:
+        demo.close()

@@ -143,7 +143,7 @@ def bad_files(tmp_path):
 @pytest.mark.parametrize("case, fragment", [
     ("empty", "empty"), ("corrupt", "truncated or corrupt"), ("text", "[Ii]nvalid file type|unsupported file type"),  # Gradio checks file_types first
     ("eleven", "11 images"), ("bad_video", "cannot read video"), ("two_videos", "one video per message"),
-    ("image_and_video", "images or a video, not both"),
+    ("image_and_video", "images or videos, not both"),
 ])
 def test_bad_uploads_are_an_error_message_and_the_server_keeps_serving(demo_url, bad_files, case, fragment):
     client = Client(demo_url, verbose=False)

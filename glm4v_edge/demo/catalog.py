@@ -31,12 +31,16 @@ class VariantCatalog:
 
     def __init__(self, settings: DemoSettings):
         self.settings = settings
+        self.available = self._available()  # read once: every request checks a name against it
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.lock = threading.Lock()  # guards ``loaded``
         self.load_locks: dict[str, threading.Lock] = {}
         self.slots: dict[str, threading.BoundedSemaphore] = {}
 
     def names(self) -> list[str]:
+        return list(self.available)
+
+    def _available(self) -> list[str]:
         names = [BASELINE]
         if self.settings.artifacts is not None:
             names += built_variants(self.settings.artifacts)
@@ -55,8 +59,8 @@ class VariantCatalog:
 
     def load(self, name: str) -> Loaded:
         """The loaded variant ``name`` (loading it at most once, however many sessions ask)."""
-        if name not in self.names():
-            raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(self.names())}")
+        if name not in self.available:
+            raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(self.available)}")
         with self.lock:
             load_lock = self.load_locks.setdefault(name, threading.Lock())
         with load_lock:

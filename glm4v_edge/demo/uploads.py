@@ -13,7 +13,7 @@ from pathlib import Path
 from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.media import check_file, load_image, probe_video
-from glm4v_edge.runtime.inputs import MAX_VIDEOS_PER_MESSAGE
+from glm4v_edge.runtime.inputs import check_media_counts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv"}
@@ -106,14 +106,11 @@ def read_user_turn(message: dict, settings: DemoSettings, upload_folder: Path) -
     unknown = [p.name for p in paths if p.suffix.lower() not in ACCEPTED_SUFFIXES]
     if unknown:
         raise Glm4vEdgeError(f"unsupported file type: {', '.join(unknown)} (images, videos and PDFs are accepted)")
-    videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES]
-    if len(videos) > MAX_VIDEOS_PER_MESSAGE:
-        raise Glm4vEdgeError(f"{len(videos)} videos in one message; GLM-4.1V takes one video per message")
-    if videos and len(videos) != len(paths):
-        raise Glm4vEdgeError("a message can hold images or a video, not both")
-    images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
-    if len(images) > settings.max_images:
-        raise Glm4vEdgeError(f"{len(images)} images in one message; the limit is {settings.max_images}")
+    # Counts before any decoding: the same rules the processor's inputs follow, plus our own image limit.
+    kinds = ["video" if p.suffix.lower() in VIDEO_SUFFIXES else "image" for p in paths]
+    check_media_counts([{"role": "user", "content": [{"type": kind} for kind in kinds]}])
+    if kinds.count("image") > settings.max_images:
+        raise Glm4vEdgeError(f"{kinds.count('image')} images in one message; the limit is {settings.max_images}")
     for path in paths:
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:

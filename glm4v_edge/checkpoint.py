@@ -25,7 +25,7 @@ from transformers import (
 )
 from transformers import logging as transformers_logging
 
-from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 
 HUB_ID = "zai-org/GLM-4.1V-9B-Thinking"
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -54,14 +54,9 @@ def resolve_model(model: str | Path | None) -> str:
     raise Glm4vEdgeError(f"model folder not found: {text}")
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _hub_error(model: str, error: Exception) -> Glm4vEdgeError:
     if Path(model).is_dir():
-        return Glm4vEdgeError(f"cannot load checkpoint {model}: {_first_line(error)}")
+        return Glm4vEdgeError(f"cannot load checkpoint {model}: {first_line(error)}")
     return Glm4vEdgeError(
         f"cannot load '{model}' from the Hugging Face hub: it is unreachable (offline?) and not in the local "
         "cache; download it on a connected machine or pass a local folder with --model"
@@ -83,7 +78,7 @@ def load_config(model: str | Path | None = None):
     try:
         return AutoConfig.from_pretrained(name)
     except Exception as error:  # transformers' config validation raises several types
-        raise Glm4vEdgeError(f"invalid config.json in {name}: {_first_line(error)}") from None
+        raise Glm4vEdgeError(f"invalid config.json in {name}: {first_line(error)}") from None
 
 
 def load_processor(model: str | Path | None = None):
@@ -181,7 +176,7 @@ def load_model(
         except (OSError, ValueError) as error:
             raise _hub_error(name, error) from None
         except ImportError as error:  # a GPTQ checkpoint without GPTQModel/optimum installed
-            raise Glm4vEdgeError(f"{name} needs: pip install 'glm4v-edge[gptq]' ({_first_line(error)})") from None
+            raise Glm4vEdgeError(f"{name} needs: pip install 'glm4v-edge[gptq]' ({first_line(error)})") from None
     return loaded.to(device).eval()
 
 

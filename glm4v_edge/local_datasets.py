@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -25,7 +25,7 @@ def load_rows(path: Path):
                 raise Glm4vEdgeError(f"no parquet files or saved dataset in {path}")
             data = datasets.load_dataset("parquet", data_files=files, split="train")
     except (OSError, ValueError) as error:
-        raise Glm4vEdgeError(f"cannot read the dataset at {path}: {str(error).splitlines()[0]}") from None
+        raise Glm4vEdgeError(f"cannot read the dataset at {path}: {first_line(error)}") from None
     if isinstance(data, datasets.DatasetDict):
         data = data[next(iter(data))]
     return data

@@ -36,11 +36,47 @@ def describe_machine() -> dict:
         "os": platform.platform(),
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packages": {},
+        "packages": {name: version for name, version in
+                     package_versions(("torch", "transformers", "tokenizers", "numpy", "pillow")).items() if version},
     }
-    for package in ("torch", "transformers", "tokenizers", "numpy", "pillow"):
-        try:
-            description["packages"][package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     return description
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when it is not installed)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _status_kib(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (Linux), in KiB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (VmRSS)."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec on
+    Linux, so a spawned child would report its parent's peak."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return round(kib / 1024, 1)
+    import resource  # not Linux: ru_maxrss (bytes on macOS)
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1)

@@ -16,18 +16,6 @@ from glm4v_edge.files import atomic_write_text
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
-# ONNX file names follow transformers.js / onnx-community: onnx/<graph><suffix>.onnx
-GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
-DTYPE_SUFFIX = {"fp32": "", "fp16": "_fp16", "q4": "_q4", "q4f16": "_q4f16", "int8": "_int8"}
-
-
-def graph_file(graph: str, dtype: str) -> str:
-    """Path of one graph in one precision, relative to the artifacts folder."""
-    if dtype not in DTYPE_SUFFIX:
-        raise Glm4vEdgeError(f"unknown ONNX dtype {dtype!r}; choose from {', '.join(DTYPE_SUFFIX)}")
-    return f"onnx/{graph}{DTYPE_SUFFIX[dtype]}.onnx"
-
-
 def sha256(path: Path, chunk: int = 1 << 24) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

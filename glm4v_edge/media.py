@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.video_utils import VideoMetadata
 from transformers.video_utils import load_video as transformers_load_video
 
-from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -35,10 +35,6 @@ class Video:
             duration=count / fps, frames_indices=list(range(count)),
         )
         return cls(frames=frames, metadata=metadata)
-
-
-def first_line(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def check_file(path: str | Path, kind: str) -> Path:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.media import Video, check_file, load_image
-from glm4v_edge.runtime.inputs import check_media_counts
+from glm4v_edge.messages import check_media_counts
 
 # The part types vLLM's OpenAI server takes for images and videos.
 IMAGE_PART, VIDEO_PART = "image_url", "video_url"

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from glm4v_edge.runtime.inputs import build_batch, extend_batch, user_message
-from glm4v_edge.runtime.variant import Sampling, Variant, collect
-from glm4v_edge.tiny import task
+from glm4v_edge import shapes
+from glm4v_edge.messages import user_message
+from glm4v_edge.runtime.inputs import build_batch, extend_batch
+from glm4v_edge.runtime.variant import MeasurableVariant, Sampling, collect
 
 NEW_TOKENS = 32
 
@@ -25,7 +26,7 @@ def parity_prompts() -> dict[str, list[dict]]:
     are fixed, so every export measures the same prompts.
     """
     by_type = {"color": 1, "two_images": 3, "motion": 4}
-    samples = {kind: task.make_sample("parity", index) for kind, index in by_type.items()}
+    samples = {kind: shapes.make_sample("parity", index) for kind, index in by_type.items()}
     two = samples["two_images"]
     ratios = [image.width / image.height for image in two.images]
     assert abs(ratios[0] - ratios[1]) > 0.05, "the parity pair must differ in aspect ratio"
@@ -46,7 +47,7 @@ class PromptParity:
     mean_kl: float
 
 
-def greedy_ids(variant: Variant, messages: list[dict], new_tokens: int) -> list[int]:
+def greedy_ids(variant: MeasurableVariant, messages: list[dict], new_tokens: int) -> list[int]:
     return collect(variant.generate(messages, max_new_tokens=new_tokens, sampling=Sampling.greedy())).token_ids
 
 
@@ -83,7 +84,7 @@ def forced_batch(processor, messages: list[dict], token_ids: list[int]) -> tuple
     return forced, slice(start, start + max(1, len(token_ids)))
 
 
-def reference_run(reference: Variant, messages: list[dict], new_tokens: int = NEW_TOKENS) -> ReferenceRun:
+def reference_run(reference: MeasurableVariant, messages: list[dict], new_tokens: int = NEW_TOKENS) -> ReferenceRun:
     token_ids = greedy_ids(reference, messages, new_tokens)
     forced, rows = forced_batch(reference.processor, messages, token_ids)
     return ReferenceRun(messages, token_ids, forced, rows, reference.forward_logits(forced)[0, rows])
@@ -95,7 +96,7 @@ def rebuilt_run(processor, messages: list[dict], token_ids: list[int], logits: n
     return ReferenceRun(messages, token_ids, forced, rows, logits)
 
 
-def prompt_parity(run: ReferenceRun, candidate: Variant, new_tokens: int = NEW_TOKENS) -> PromptParity:
+def prompt_parity(run: ReferenceRun, candidate: MeasurableVariant, new_tokens: int = NEW_TOKENS) -> PromptParity:
     candidate_ids = greedy_ids(candidate, run.messages, new_tokens)
     match = next((i for i, (a, b) in enumerate(zip(run.token_ids, candidate_ids)) if a != b),
                  min(len(run.token_ids), len(candidate_ids)))
@@ -103,6 +104,6 @@ def prompt_parity(run: ReferenceRun, candidate: Variant, new_tokens: int = NEW_T
     return PromptParity(len(run.token_ids), match, candidate_ids == run.token_ids, agreement, kl)
 
 
-def measure_parity(runs: dict[str, ReferenceRun], candidate: Variant) -> dict[str, dict]:
+def measure_parity(runs: dict[str, ReferenceRun], candidate: MeasurableVariant) -> dict[str, dict]:
     """Parity per prompt name, as plain dicts for the manifest."""
     return {name: asdict(prompt_parity(run, candidate)) for name, run in runs.items()}

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import platform
-from importlib import metadata
+
+from glm4v_edge.machine import package_versions
 
 CORE_TOOLS = ("torch", "transformers", "glm4v-edge")
 
 
 def tool_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Versions of Python, the core libraries and ``extra`` (the tools that built the artifact)."""
-    versions = {"python": platform.python_version()}
-    for tool in (*CORE_TOOLS, *extra):
-        try:
-            versions[tool] = metadata.version(tool)
-        except metadata.PackageNotFoundError:
-            versions[tool] = "not installed"
-    return versions
+    installed = package_versions((*CORE_TOOLS, *extra))
+    return {"python": platform.python_version(),
+            **{tool: version or "not installed" for tool, version in installed.items()}}
 
 
 def source_record(source: str, config) -> dict:

@@ -46,6 +46,25 @@ class Reply:
     def final_answer(self) -> str:
         return (self.boxes[-1] if self.boxes else self.answer).strip()
 
+    @classmethod
+    def from_pieces(cls, pieces: list[Piece]) -> Reply:
+        """The reply a stream's pieces add up to (consecutive boxed pieces form one box)."""
+        boxes: list[str] = []
+        previous_in_box = False
+        for piece in pieces:
+            if piece.in_box:
+                if previous_in_box:
+                    boxes[-1] += piece.text
+                else:
+                    boxes.append(piece.text)
+            previous_in_box = piece.in_box
+        return cls(
+            thinking="".join(p.text for p in pieces if p.channel == "thinking").strip(),
+            answer="".join(p.text for p in pieces if p.channel == "answer").strip(),
+            boxes=[box.strip() for box in boxes],
+            thinking_closed=any(p.channel == "answer" for p in pieces),
+        )
+
 
 class ReplyParser:
     """Incremental parser: ``feed`` text deltas, then ``finish``; ``reply`` holds the result."""

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from glm4v_edge import shapes
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.media import load_image, load_video
-from glm4v_edge.runtime.inputs import MAX_IMAGES_PER_MESSAGE, build_batch, user_message
+from glm4v_edge.messages import MAX_IMAGES_PER_MESSAGE, user_message
+from glm4v_edge.runtime.inputs import build_batch
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -78,9 +80,7 @@ def test_prompt_over_context_length():
 
 
 def test_images_and_video_together_are_refused(tiny_processor, shapes_png, tmp_path):
-    from glm4v_edge.tiny.samples import write_sample
-
-    _, (video,) = write_sample(tmp_path, "motion")
+    _, (video,) = shapes.write_sample(tmp_path, "motion")
     with pytest.raises(Glm4vEdgeError, match="images or videos, not both"):
         build_batch(tiny_processor, [[user_message("Hi", images=[shapes_png], video=video)]])
 

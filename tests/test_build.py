@@ -8,7 +8,8 @@ from transformers import AutoConfig, Glm4vForConditionalGeneration
 
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.files import atomic_directory
-from glm4v_edge.runtime import Sampling, collect, load_variant
+from glm4v_edge.runtime.registry import load_variant
+from glm4v_edge.runtime.variant import Sampling, collect
 from glm4v_edge.tiny import build, train
 from glm4v_edge.tiny.random_checkpoint import write_random_checkpoint
 

@@ -44,7 +44,8 @@ def test_special_token_ids_come_from_config_and_tokenizer(tiny_variant):
     assert tokens.image == config.image_token_id == tokenizer.convert_tokens_to_ids("<|image|>")
     assert tokens.video_start == tokenizer.convert_tokens_to_ids("<|begin_of_video|>")
     assert tokens.think_open == tokenizer.convert_tokens_to_ids("<think>")
-    assert set(tokens.eos) == {tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")}
+    ends = ("<|endoftext|>", "<|user|>", "<|observation|>")
+    assert set(tokens.eos) == {tokenizer.convert_tokens_to_ids(t) for t in ends}
     # The tiny model's ids are its own, not the 9B's (151343 ...): nothing may assume them.
     assert tokens.image != 151343
 

@@ -1,35 +1,58 @@
-"""The command line as a user runs it."""
+"""The command line as a user runs it: in this process through ``main``, plus a few real
+subprocess runs of the console entry (import time, exit codes, a whole chat)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoConfig
 
-from tests.conftest import run_cli
+from tests.conftest import assert_one_line_error, run_cli, run_console_script
 
-COMMANDS = [[], ["chat"], ["variants"], ["tiny"], ["tiny", "train"], ["tiny", "eval"], ["tiny", "sample"],
-            ["tiny", "random"]]
+COMMANDS = [[], ["chat"], ["variants"], ["export", "onnx"], ["quantize", "gptq"], ["bench"], ["build"], ["demo"],
+            ["serve"], ["tiny"], ["tiny", "train"], ["tiny", "eval"], ["tiny", "sample"], ["tiny", "random"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
 def test_help_is_complete(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
-    assert "Usage" in result.stdout
-    assert "glm4v-edge" in result.stdout or "python -m glm4v_edge" in result.stdout
+    assert "Usage" in result.stdout and "glm4v-edge" in result.stdout
 
 
-def test_chat_answers_a_generated_image(tmp_path):
+HEAVY = ("torch", "onnxruntime", "transformers", "gradio", "openai")
+PROBE = f"""
+import sys
+from glm4v_edge.cli import main
+for argv in (["--help"], ["variants"], ["bench", "--help"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(sorted(module for module in {HEAVY} if module in sys.modules))
+"""
+
+
+def test_help_and_variants_import_nothing_heavy():
+    """`--help` and `variants` load no torch, onnxruntime, transformers, gradio or openai: instant."""
+    probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip().splitlines()[-1] == "[]", probe.stdout + probe.stderr
+    result = run_console_script("variants")
+    assert result.returncode == 0, result.stderr
+    assert {"torch", "onnx-q4", "gptq-int4", "remote"} <= set(result.stdout.split())
+
+
+def test_console_script_chat_and_one_line_error(tmp_path):
     sample = run_cli("tiny", "sample", "--out", str(tmp_path), "--type", "color", "--index", "2")
-    assert sample.returncode == 0, sample.stderr
     expected = sample.stdout.split("expected answer: ")[1].split()[0]
     command = sample.stdout.strip().splitlines()[-1]
-    question = command.split('"')[1]
-    image = command.split("--image ")[1].split()[0]
-    result = run_cli("chat", question, "--image", image, "--greedy")
+    question, image = command.split('"')[1], command.split("--image ")[1].split()[0]
+    result = run_console_script("chat", question, "--image", image, "--greedy")
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout.split("\n\n")[-1]  # the answer follows the thinking
     assert "tokens/s" in result.stderr
+    assert_one_line_error(run_console_script("chat", "Hi", "--variant", "nope"), "unknown variant(s): nope")
 
 
 def test_chat_video_and_thinking_budget(tmp_path):
@@ -58,10 +81,9 @@ def test_tiny_random_config_only(tmp_path):
     config = AutoConfig.from_pretrained(out)
     assert config.text_config.hidden_size == 2048 and config.text_config.num_hidden_layers == 12
     assert config.text_config.vocab_size == 151552
-    refused = run_cli("tiny", "random", "--preset", "medium", "--out", str(out), "--config-only")
-    assert refused.returncode == 1 and "not empty" in refused.stderr
+    assert_one_line_error(run_cli("tiny", "random", "--preset", "medium", "--out", str(out), "--config-only"),
+                          "not empty")
 
 
 def test_unknown_variant_is_one_line():
-    result = run_cli("chat", "Hi", "--variant", "nope")
-    assert result.returncode == 1 and result.stderr.strip().startswith("error: unknown variant 'nope'")
+    assert_one_line_error(run_cli("chat", "Hi", "--variant", "nope"), "unknown variant(s): nope")

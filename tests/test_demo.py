@@ -6,9 +6,9 @@ The demo runs for real on a free loopback port; nothing of Gradio is mocked.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,9 +21,8 @@ from glm4v_edge.demo.reply_view import THINKING_TITLE, ReplyView
 from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.demo.ui import launch_demo
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.runtime import Sampling, collect
-from glm4v_edge.runtime.inputs import user_message
-from glm4v_edge.runtime.variant import TokenEvent
+from glm4v_edge.messages import user_message
+from glm4v_edge.runtime.variant import Sampling, TokenEvent, collect
 from glm4v_edge.thinking import ReplyParser, history_text
 from tests.conftest import assert_one_line_error, run_cli
 from tests.servers import free_port
@@ -141,7 +140,8 @@ def bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("case, fragment", [
-    ("empty", "empty"), ("corrupt", "truncated or corrupt"), ("text", "[Ii]nvalid file type|unsupported file type"),  # Gradio checks file_types first
+    ("empty", "empty"), ("corrupt", "truncated or corrupt"),
+    ("text", "[Ii]nvalid file type|unsupported file type"),  # Gradio checks file_types first
     ("eleven", "11 images"), ("bad_video", "cannot read video"), ("two_videos", "one video per message"),
     ("image_and_video", "images or videos, not both"),
 ])

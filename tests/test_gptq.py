@@ -11,29 +11,21 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from glm4v_edge import shapes
+from glm4v_edge.checkpoint import embedded_model_dir
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.messages import user_message
 from glm4v_edge.quant.calibration import MIN_SAMPLES, calibration_samples, dataset_samples, folder_samples
 from glm4v_edge.quant.settings import GptqSettings
 from glm4v_edge.quant.vllm import vllm_problems
-from glm4v_edge.runtime import load_variant
+from glm4v_edge.runtime.registry import load_variant
 from glm4v_edge.runtime.variant import Sampling, collect
-from glm4v_edge.tiny import task
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import GPTQ_CALIBRATION, assert_one_line_error, run_cli
 
 pytest.importorskip("gptqmodel")
 
-CALIBRATION = 64
 DECODER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                    "mlp.gate_up_proj", "mlp.down_proj")
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    from glm4v_edge.quant.gptq import quantize_gptq
-
-    root = tmp_path_factory.mktemp("gptq") / "tiny"
-    quantize_gptq(None, root / "gptq-int4", GptqSettings(calibration=CALIBRATION))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def test_checkpoint_is_a_plain_hf_folder_with_a_vllm_valid_config(artifacts):
 
 
 def test_only_the_language_model_linears_change(artifacts):
-    source = tensors(Path(task.__file__).parent / "checkpoint")
+    source = tensors(embedded_model_dir())
     quantized = tensors(artifacts / "gptq-int4")
     kept = [name for name in source if not any(f".{linear}." in name for linear in DECODER_LINEARS)
             or "visual" in name]
@@ -81,8 +73,8 @@ def test_manifest_entry_lists_files_settings_calibration_and_parity(artifacts):
     entry = manifest["variants"]["gptq-int4"]
     assert entry["folder"] == "gptq-int4"
     assert entry["settings"]["bits"] == 4 and entry["settings"]["group_size"] == 128
-    assert len(entry["calibration"]["samples"]) == CALIBRATION
-    assert sum(s["media"] > 0 for s in entry["calibration"]["samples"]) > CALIBRATION // 2  # mostly image+text
+    assert len(entry["calibration"]["samples"]) == GPTQ_CALIBRATION
+    assert sum(s["media"] > 0 for s in entry["calibration"]["samples"]) > GPTQ_CALIBRATION // 2  # mostly image+text
     assert 4.0 < entry["decoder_bits_per_weight"] < 4.6
     assert set(entry["parity"]["results"]) == {"text", "image", "two_images", "video"}
     for result in entry["parity"]["results"].values():
@@ -97,7 +89,7 @@ def test_reloads_with_from_pretrained_and_answers_held_out_questions(gptq_varian
     assert type(model.model.language_model.layers[0].mlp.gate_up_proj).__name__ != "Linear"  # a GPTQ kernel
     correct = 0
     for index in range(20):
-        sample = task.make_sample("heldout", index)
+        sample = shapes.make_sample("heldout", index)
         result = collect(gptq_variant.generate(sample.messages(), max_new_tokens=64, sampling=Sampling.greedy()))
         correct += result.reply.final_answer == sample.answer
     assert correct >= 18, correct
@@ -153,7 +145,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
 def write_images(folder: Path, good: int, corrupt: int) -> None:
     folder.mkdir()
     for index in range(good):
-        task.make_sample("train", index * 5).images[0].save(folder / f"good-{index:02d}.png")
+        shapes.make_sample("train", index * 5).images[0].save(folder / f"good-{index:02d}.png")
     (folder / "good-00.txt").write_text("How many shapes are there?")
     for index in range(corrupt):
         (folder / f"bad-{index}.jpg").write_bytes(b"not a jpeg" * index)  # one of them empty
@@ -166,7 +158,7 @@ def test_calibration_folder_skips_unreadable_images_with_a_warning(tmp_path):
     samples = folder_samples(tmp_path / "calib", 100, warnings.append)
     assert len(samples) == MIN_SAMPLES + 2 + 1
     assert samples[0].messages[0]["content"][-1]["text"] == "How many shapes are there?"
-    assert samples[-1].messages == [{"role": "user", "content": [{"type": "text", "text": "Explain GPTQ in one sentence."}]}]
+    assert samples[-1].messages == [user_message("Explain GPTQ in one sentence.")]
     assert sum("skipped:" in w for w in warnings) == 3 and "3 of" in warnings[-1]
 
 
@@ -191,7 +183,7 @@ def test_hf_datasets_image_text_format(tmp_path, form):
 
     rows = {"image": [], "question": []}
     for index in range(MIN_SAMPLES + 1):
-        rows["image"].append(task.make_sample("train", index * 5).images[0])
+        rows["image"].append(shapes.make_sample("train", index * 5).images[0])
         rows["question"].append(f"question {index}")
     data = datasets.Dataset.from_dict(rows, features=datasets.Features(
         {"image": datasets.Image(), "question": datasets.Value("string")}))

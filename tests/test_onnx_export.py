@@ -2,40 +2,28 @@
 
 from __future__ import annotations
 
-import shutil
-
 import json
+import shutil
 
 import numpy as np
 import pytest
 
+from glm4v_edge import shapes
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.manifest import GRAPHS, graph_file, read_manifest
-from glm4v_edge.runtime import Sampling, Variant, collect, load_variant
+from glm4v_edge.manifest import read_manifest
+from glm4v_edge.names import GRAPHS, graph_file
 from glm4v_edge.runtime.inputs import build_batch, extend_batch
 from glm4v_edge.runtime.onnx_variant import OnnxVariant
-from glm4v_edge.tiny import task
-from tests.conftest import assert_one_line_error, run_cli
+from glm4v_edge.runtime.registry import load_variant
+from glm4v_edge.runtime.variant import MeasurableVariant, Sampling, Variant, collect
+from tests.conftest import ONNX_DTYPES, assert_one_line_error, run_cli
 
-DTYPES = ["fp32", "fp16", "q4", "q4f16", "int8"]
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    from glm4v_edge.export.onnx_export import export_onnx
-
-    out = tmp_path_factory.mktemp("onnx") / "tiny"
-    export_onnx(None, out, DTYPES)
-    return out
+DTYPES = ONNX_DTYPES
 
 
 @pytest.fixture(scope="module")
 def onnx_fp32(artifacts):
     return OnnxVariant(artifacts, dtype="fp32", device="cpu")
-
-
-def heldout(qtype: str, index: int = 0) -> task.Sample:
-    return task.make_sample("heldout", task.QUESTION_TYPES.index(qtype) + index * len(task.QUESTION_TYPES))
 
 
 def test_folder_is_self_contained_onnx_community_layout(artifacts):
@@ -63,7 +51,7 @@ def test_int4_graphs_are_smaller(artifacts):
 def test_parity_recorded_for_every_dtype(artifacts):
     results = read_manifest(artifacts)["parity"]["results"]
     assert set(results) == set(DTYPES)
-    for dtype, prompts in results.items():
+    for prompts in results.values():
         assert set(prompts) == {"text", "image", "two_images", "video"}
     # fp32 is the same computation: identical greedy replies, distributions equal to rounding.
     for result in results["fp32"].values():
@@ -82,14 +70,14 @@ def test_parity_recorded_for_every_dtype(artifacts):
                 assert result["top1_agreement"] >= 0.9 and result["mean_kl"] < 1e-2, (dtype, prompt)
 
 
-def test_onnx_variant_is_a_variant(onnx_fp32):
-    assert isinstance(onnx_fp32, Variant)
+def test_onnx_variant_is_a_measurable_variant(onnx_fp32):
+    assert isinstance(onnx_fp32, Variant) and isinstance(onnx_fp32, MeasurableVariant)
     assert onnx_fp32.name == "onnx-fp32"
 
 
 @pytest.mark.parametrize("qtype", ["count", "two_images", "motion"])
 def test_fp32_generates_the_torch_reply(tiny_variant, onnx_fp32, qtype):
-    sample = heldout(qtype, 1)
+    sample = shapes.heldout(qtype, 1)
     ours = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=80, sampling=Sampling.greedy()))
     theirs = collect(tiny_variant.generate(sample.messages(), max_new_tokens=80, sampling=Sampling.greedy()))
     assert ours.token_ids == theirs.token_ids
@@ -97,7 +85,7 @@ def test_fp32_generates_the_torch_reply(tiny_variant, onnx_fp32, qtype):
 
 
 def test_kv_cache_decode_equals_full_recompute(onnx_fp32):
-    sample = heldout("color")
+    sample = shapes.heldout("color")
     batch = build_batch(onnx_fp32.processor, [sample.messages()])
     logits, state = onnx_fp32.prefill(batch)
     stepped, tokens = [logits[0]], []
@@ -110,7 +98,7 @@ def test_kv_cache_decode_equals_full_recompute(onnx_fp32):
 
 
 def test_batch_of_two_left_padded_prompts(tiny_variant, onnx_fp32):
-    samples = [heldout("count"), heldout("shape", 2)]  # different image sizes: different lengths
+    samples = [shapes.heldout("count"), shapes.heldout("shape", 2)]  # different image sizes: different lengths
     batch = build_batch(onnx_fp32.processor, [s.messages() for s in samples])
     mask = batch["attention_mask"].numpy().astype(bool)
     assert not mask.all()  # one row really is padded
@@ -130,26 +118,27 @@ def test_batch_of_two_left_padded_prompts(tiny_variant, onnx_fp32):
 
 def test_video_through_onnx_q4(artifacts):
     variant = load_variant("onnx-q4", artifacts=artifacts, device="cpu")
-    sample = heldout("motion", 2)
+    sample = shapes.heldout("motion", 2)
     result = collect(variant.generate(sample.messages(), max_new_tokens=80, sampling=Sampling.greedy()))
-    assert result.reply.final_answer in task.DIRECTIONS
+    assert result.reply.final_answer in shapes.DIRECTIONS
 
 
 def test_vision_and_decoder_precisions_can_differ(artifacts):
     variant = OnnxVariant(artifacts, dtype="q4", vision_dtype="fp32", device="cpu")
     assert variant.name == "onnx-q4+vision-fp32"
-    result = collect(variant.generate(heldout("color").messages(), max_new_tokens=80, sampling=Sampling.greedy()))
+    messages = shapes.heldout("color").messages()
+    result = collect(variant.generate(messages, max_new_tokens=80, sampling=Sampling.greedy()))
     assert result.reply.final_answer
 
 
 def test_thinking_budget_zero_through_onnx(onnx_fp32):
-    result = collect(onnx_fp32.generate(heldout("count").messages(), max_new_tokens=40,
+    result = collect(onnx_fp32.generate(shapes.heldout("count").messages(), max_new_tokens=40,
                                         sampling=Sampling.greedy(), thinking_budget=0))
     assert result.text.startswith("<think></think><answer>")
 
 
 def test_chat_cli_with_onnx_variant(artifacts):
-    media = task.make_sample("heldout", 0).images[0]
+    media = shapes.make_sample("heldout", 0).images[0]
     image = artifacts.parent / "count.png"
     media.save(image)
     result = run_cli("chat", "How many shapes?", "--image", str(image), "--variant", "onnx-int8",

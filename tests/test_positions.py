@@ -1,26 +1,18 @@
-"""The host-side position inputs of the ONNX graphs equal transformers' own computation."""
+"""The host-side M-RoPE positions of the ONNX decoder equal transformers' own computation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from transformers.vision_utils import get_vision_position_ids
 
+from glm4v_edge import shapes
 from glm4v_edge.runtime.inputs import build_batch
-from glm4v_edge.runtime.positions import rope_positions, vision_patch_positions
-from glm4v_edge.tiny import task
-
-
-@pytest.mark.parametrize("grid", [(1, 4, 6), (1, 10, 2), (2, 6, 6)])
-def test_vision_patch_positions_match_transformers(grid):
-    theirs = get_vision_position_ids(torch.tensor([grid]), 2).numpy()
-    np.testing.assert_array_equal(vision_patch_positions(np.array(grid), 2), theirs)
+from glm4v_edge.runtime.positions import rope_positions
 
 
 @pytest.mark.parametrize("indices", [[0, 2], [3, 8], [4, 9], [1]])  # images (padded), two images, videos
 def test_rope_positions_match_get_rope_index(tiny_variant, indices):
-    samples = [task.make_sample("heldout", i) for i in indices]
+    samples = [shapes.make_sample("heldout", i) for i in indices]
     batch = build_batch(tiny_variant.processor, [s.messages() for s in samples])
     theirs, _ = tiny_variant.model.model.get_rope_index(
         batch["input_ids"], batch["mm_token_type_ids"], batch.get("image_grid_thw"),

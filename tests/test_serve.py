@@ -12,8 +12,9 @@ import pytest
 
 from glm4v_edge.demo.examples import load_examples
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.runtime import Sampling, collect, load_variant
-from glm4v_edge.runtime.inputs import user_message
+from glm4v_edge.messages import user_message
+from glm4v_edge.runtime.registry import load_variant
+from glm4v_edge.runtime.variant import Sampling, collect
 from glm4v_edge.thinking import parse_reply
 from tests.servers import running_server
 

@@ -5,42 +5,39 @@ import threading
 import numpy as np
 import pytest
 
-from glm4v_edge.runtime import Sampling, Variant, collect
-from glm4v_edge.runtime.inputs import build_batch, extend_batch, user_message
+from glm4v_edge import shapes
+from glm4v_edge.messages import user_message
+from glm4v_edge.runtime.inputs import build_batch, extend_batch
+from glm4v_edge.runtime.variant import MeasurableVariant, Sampling, Variant, collect
 from glm4v_edge.thinking import parse_reply
-from glm4v_edge.tiny import task
-
-
-def heldout(qtype: str, index: int = 0) -> task.Sample:
-    return task.make_sample("heldout", task.QUESTION_TYPES.index(qtype) + index * len(task.QUESTION_TYPES))
 
 
 def answer(variant, sample, **kwargs):
     return collect(variant.generate(sample.messages(), max_new_tokens=64, sampling=Sampling.greedy(), **kwargs))
 
 
-def test_is_a_variant(tiny_variant):
-    assert isinstance(tiny_variant, Variant)
+def test_is_a_measurable_variant(tiny_variant):
+    assert isinstance(tiny_variant, Variant) and isinstance(tiny_variant, MeasurableVariant)
     assert tiny_variant.name == "torch-fp32"
 
 
-@pytest.mark.parametrize("qtype", task.QUESTION_TYPES)
+@pytest.mark.parametrize("qtype", shapes.QUESTION_TYPES)
 def test_answers_each_question_type(tiny_variant, qtype):
     # Three held-out questions per type: images of several sizes, two images, a video.
-    right = sum(answer(tiny_variant, heldout(qtype, i)).reply.final_answer == heldout(qtype, i).answer
+    right = sum(answer(tiny_variant, shapes.heldout(qtype, i)).reply.final_answer == shapes.heldout(qtype, i).answer
                 for i in range(3))
     assert right >= 2
 
 
 def test_reply_has_the_real_output_format(tiny_variant):
-    result = answer(tiny_variant, heldout("color"))
+    result = answer(tiny_variant, shapes.heldout("color"))
     assert result.text.startswith("<think>")
     assert "</think><answer>" in result.text and result.text.endswith("</answer>")
     assert result.reply.thinking and result.reply.boxes == [result.reply.final_answer]
 
 
 def test_events_are_timed_and_split(tiny_variant):
-    events = list(tiny_variant.generate(heldout("shape").messages(), max_new_tokens=64))
+    events = list(tiny_variant.generate(shapes.heldout("shape").messages(), max_new_tokens=64))
     times = [e.elapsed_s for e in events]
     assert times == sorted(times) and times[0] > 0
     channels = [p.channel for e in events for p in e.pieces]
@@ -49,7 +46,7 @@ def test_events_are_timed_and_split(tiny_variant):
 
 
 def test_thinking_budget_zero_answers_straight_away(tiny_variant):
-    sample = heldout("count", 1)
+    sample = shapes.heldout("count", 1)
     result = answer(tiny_variant, sample, thinking_budget=0)
     assert result.text.startswith("<think></think><answer>")
     assert result.reply.thinking == ""
@@ -58,7 +55,7 @@ def test_thinking_budget_zero_answers_straight_away(tiny_variant):
 
 @pytest.mark.parametrize("budget", [1, 4])
 def test_thinking_budget_n_forces_the_answer_after_n_tokens(tiny_variant, budget):
-    sample = heldout("motion")
+    sample = shapes.heldout("motion")
     events = list(tiny_variant.generate(sample.messages(), max_new_tokens=64, sampling=Sampling.greedy(),
                                         thinking_budget=budget))
     tokens = tiny_variant.tokens
@@ -74,7 +71,7 @@ def test_thinking_budget_n_forces_the_answer_after_n_tokens(tiny_variant, budget
 def test_stop_event_ends_the_stream(tiny_variant):
     stop = threading.Event()
     seen = []
-    for event in tiny_variant.generate(heldout("count").messages(), max_new_tokens=64, stop=stop):
+    for event in tiny_variant.generate(shapes.heldout("count").messages(), max_new_tokens=64, stop=stop):
         seen.append(event)
         if len(seen) == 3:
             stop.set()
@@ -82,22 +79,22 @@ def test_stop_event_ends_the_stream(tiny_variant):
 
 
 def test_abandoning_the_stream_stops_generation(tiny_variant):
-    stream = tiny_variant.generate(heldout("count").messages(), max_new_tokens=64)
+    stream = tiny_variant.generate(shapes.heldout("count").messages(), max_new_tokens=64)
     next(stream)
     stream.close()  # joins the generating thread; must not hang
-    assert answer(tiny_variant, heldout("count")).reply.final_answer  # the variant is still usable
+    assert answer(tiny_variant, shapes.heldout("count")).reply.final_answer  # the variant is still usable
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_variant):
     sampling = Sampling(do_sample=True, temperature=1.5, top_k=50, seed=7)
-    messages = heldout("shape").messages()
+    messages = shapes.heldout("shape").messages()
     first = collect(tiny_variant.generate(messages, max_new_tokens=40, sampling=sampling)).token_ids
     second = collect(tiny_variant.generate(messages, max_new_tokens=40, sampling=sampling)).token_ids
     assert first == second
 
 
 def test_system_prompt_and_history(tiny_variant):
-    sample = heldout("color")
+    sample = shapes.heldout("color")
     first = answer(tiny_variant, sample)
     follow_up = [
         {"role": "system", "content": "Answer briefly."},
@@ -110,7 +107,7 @@ def test_system_prompt_and_history(tiny_variant):
 
 
 def test_forward_logits_agree_with_greedy_generation(tiny_variant):
-    sample = heldout("two_images")
+    sample = shapes.heldout("two_images")
     result = answer(tiny_variant, sample)
     batch = extend_batch(build_batch(tiny_variant.processor, [sample.messages()]), result.token_ids)
     logits = tiny_variant.forward_logits(batch)
@@ -121,7 +118,7 @@ def test_forward_logits_agree_with_greedy_generation(tiny_variant):
 
 
 def test_batch_of_two_left_padded_prompts(tiny_variant):
-    short, long = heldout("count"), heldout("two_images")
+    short, long = shapes.heldout("count"), shapes.heldout("two_images")
     batch = build_batch(tiny_variant.processor, [short.messages(), long.messages()])
     assert batch["attention_mask"][0, 0] == 0  # the shorter prompt is padded on the left
     logits = tiny_variant.forward_logits(batch)

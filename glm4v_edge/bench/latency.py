@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from glm4v_edge.runtime.inputs import build_batch, user_message
-from glm4v_edge.runtime.variant import Sampling, Variant
+from glm4v_edge.messages import user_message
+from glm4v_edge.runtime.inputs import build_batch
+from glm4v_edge.runtime.variant import MeasurableVariant, Sampling
 
-FILLER = "the red circle moves left of the blue square and the green triangle ".split()
+FILLER = ["the", "red", "circle", "moves", "left", "of", "the", "blue", "square", "and", "the", "green", "triangle"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class PromptSet:
 PROMPT_SETS = {
     "quick": PromptSet(image_sizes=(224,), prompt_tokens=(128,), decode_tokens=16),
     "standard": PromptSet(image_sizes=(224, 448, 896), prompt_tokens=(128, 512, 2048), decode_tokens=64),
+    "none": PromptSet(image_sizes=(), prompt_tokens=(), decode_tokens=0),  # accuracy-only runs
 }
 
 
@@ -64,19 +66,22 @@ def timed(function, runs: int) -> dict:
     return stats(times)
 
 
-def measure_latency(variant: Variant, prompts: PromptSet, runs: int, context: int) -> dict:
+def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -> dict | None:
+    if not prompts.decode_tokens:
+        return None
     processor = variant.processor
+    merged = processor.image_processor.merge_size ** 2  # patches per image token
     vision = {}
     for size in prompts.image_sizes:
         batch = build_batch(processor, [[user_message("Describe the image.", images=[image_of(size)])]])
-        vision[f"{size}px"] = {**timed(lambda: variant.encode_vision(batch), runs),
-                               "image_tokens": int(batch["image_grid_thw"].prod()) // 4}
+        vision[f"{size}px"] = {**timed(lambda batch=batch: variant.encode_vision(batch), runs),
+                               "image_tokens": int(batch["image_grid_thw"].prod()) // merged}
     prefill = {}
     for tokens in prompts.prompt_tokens:
-        if tokens >= context - prompts.decode_tokens:
+        if tokens >= variant.context_length - prompts.decode_tokens:
             continue  # the embedded model's context is 4096; skip lengths it cannot hold
         batch = build_batch(processor, [[user_message(text_of(processor, tokens))]])
-        prefill[f"{tokens}"] = {**timed(lambda: variant.prompt_logits(batch), runs),
+        prefill[f"{tokens}"] = {**timed(lambda batch=batch: variant.prompt_logits(batch), runs),
                                 "prompt_tokens": int(batch["input_ids"].shape[1])}
 
     messages = [user_message("Describe the image in detail.", images=[image_of(prompts.image_sizes[0])])]

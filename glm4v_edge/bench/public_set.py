@@ -23,8 +23,8 @@ from pathlib import Path
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.local_datasets import first_image_column, load_rows
 from glm4v_edge.media import to_rgb
-from glm4v_edge.runtime.inputs import user_message
-from glm4v_edge.runtime.variant import Sampling, Variant, collect
+from glm4v_edge.messages import user_message
+from glm4v_edge.runtime.variant import MeasurableVariant, Sampling, collect
 
 LETTERS = string.ascii_uppercase[:6]
 OPTION_LISTS = ("options", "choices")
@@ -81,7 +81,7 @@ def predicted_letter(answer_text: str, options: list[str]) -> str | None:
     return match.group(1) if match else None
 
 
-def score(variant: Variant, path: Path, *, limit: int | None, max_new_tokens: int) -> dict:
+def score(variant: MeasurableVariant, path: Path, *, limit: int | None, max_new_tokens: int) -> dict:
     per_category: dict[str, list[int]] = {}
     for question in questions(path, limit):
         result = collect(variant.generate([user_message(question.prompt, images=[question.image])],

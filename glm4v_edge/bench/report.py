@@ -50,7 +50,7 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
         for key in (*keys, "ttft", "decode"):
             row[f"{key}_ms"] = stage(result, key)
             row[f"{key}_speedup"] = _ratio(stage(base, key), stage(result, key))
-        decode = (result["latency"].get("decode") or {})
+        decode = (result.get("latency") or {}).get("decode") or {}
         row["decode_p90_ms"] = decode.get("p90_ms")
         row["tokens_per_s"] = decode.get("tokens_per_s")
         row["floor_ms_per_token"] = floor_ms_per_token(result["decoder_bytes"], bandwidth_gbs)
@@ -62,7 +62,10 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
         row["mean_kl"] = None if fidelity is None else fidelity["mean_kl"]
         row["top1_agreement"] = None if fidelity is None else fidelity["top1_agreement"]
         row["greedy_match"] = None if fidelity is None else f"{fidelity['greedy_match']}/{fidelity['reference_tokens']}"
+        row["identical_replies"] = (None if fidelity is None
+                                    else f"{fidelity['identical_replies']}/{fidelity['prompts']}")
         row["task_accuracy"] = (result.get("task") or {}).get("accuracy")
+        row["task_replies_identical"] = (result.get("task") or {}).get("replies_identical_to_baseline")
         row["public_accuracy"] = (result.get("public_set") or {}).get("accuracy")
         rows[name] = row
     return rows
@@ -88,6 +91,11 @@ def _fmt(value, spec: str = ".1f", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def task_cell(row: dict) -> str:
+    same = row["task_replies_identical"]
+    return _fmt(row["task_accuracy"], ".1%") + ("" if same is None else f" ({same})")
+
+
 def markdown(record: dict) -> str:
     summary, baseline = record["summary"], record["baseline"]
     stages = [key[:-3] for key in next((r for r in summary.values() if r["status"] == "ok"), {}) if
@@ -97,18 +105,19 @@ def markdown(record: dict) -> str:
         f"# {record['name']} · {record['date']}",
         "",
         f"Machine: {machine.get('gpu') or machine.get('cpu')} · {machine.get('cpu_cores')} cores · "
-        f"torch threads {machine.get('torch_threads')} · copy bandwidth {machine['copy_bandwidth_gbs']} GB/s. "
+        f"torch threads {machine.get('torch_threads')} · copy bandwidth {machine['copy_bandwidth_gbs']} GB/s "
+        f"on {machine.get('copy_bandwidth_threads', 1)} threads. "
         f"Baseline: **{baseline}**; speed-ups (x) are baseline time / variant time, measured in this run, "
         f"each variant in its own process. Medians over {record['settings'].get('runs')} runs.",
         "",
         "| variant | size MB | load s | " + " | ".join(f"{s.replace(':', ' ')} ms" for s in stages)
         + " | TTFT ms | decode ms/token (p90) | tok/s | floor ms/token | peak RSS MiB | mean KL | top-1 | greedy match"
-        " | task acc | public acc |",
-        "|---" * (13 + len(stages)) + "|",
+        " | identical replies | task acc (same replies) | public acc |",
+        "|---" * (14 + len(stages)) + "|",
     ]
     for name, row in summary.items():
         if row["status"] != "ok":
-            lines.append(f"| {name} | failed: {row['error']} |" + " |" * (11 + len(stages)))
+            lines.append(f"| {name} | failed: {row['error']} |" + " |" * (12 + len(stages)))
             continue
         cells = [name, _fmt(row["size_mb"]), _fmt(row["load_s"], ".2f")]
         for s in (*stages, "ttft"):
@@ -117,7 +126,7 @@ def markdown(record: dict) -> str:
                      f"{_fmt(row['decode_speedup'], '.2f', 'x')}")
         cells += [_fmt(row["tokens_per_s"]), _fmt(row["floor_ms_per_token"], ".3f"), _fmt(row["peak_rss_mib"], ".0f"),
                   _fmt(row["mean_kl"], ".2e"), _fmt(row["top1_agreement"], ".1%"), row["greedy_match"] or "–",
-                  _fmt(row["task_accuracy"], ".1%"), _fmt(row["public_accuracy"], ".1%")]
+                  row["identical_replies"] or "–", task_cell(row), _fmt(row["public_accuracy"], ".1%")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Floor: decoder weight bytes / copy bandwidth, the least time one decode step can take."]
     return "\n".join(lines) + "\n"
@@ -159,7 +168,9 @@ def plots(record: dict, stem: Path) -> list[Path]:
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for name in names:
-        accuracy = rows[name]["task_accuracy"] if rows[name]["task_accuracy"] is not None else rows[name]["top1_agreement"]
+        accuracy = rows[name]["task_accuracy"]
+        if accuracy is None:
+            accuracy = rows[name]["top1_agreement"]
         if accuracy is None:
             accuracy = 1.0  # the baseline agrees with itself
         axis.scatter(rows[name]["size_mb"], 100 * accuracy)

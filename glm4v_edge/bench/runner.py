@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -16,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from glm4v_edge.bench.latency import PROMPT_SETS, measure_latency
-from glm4v_edge.errors import Glm4vEdgeError
-
-Report = Callable[[str], None]
+from glm4v_edge.errors import Glm4vEdgeError, first_line
+from glm4v_edge.machine import peak_rss_mib
+from glm4v_edge.progress import SILENT, Progress
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,8 @@ class Job:
     threads: int | None
     prompt_set: str = "standard"
     runs: int = 5
-    task_questions: int = 0  # the embedded model's held-out questions (0: skip)
+    task_questions: int = 0  # the shapes task's held-out questions (0: skip)
+    fidelity_prompts: int = 0  # held-out shapes prompts beside the four parity prompts
     public_set: str | None = None
     public_limit: int | None = None
     max_new_tokens: int = 64
@@ -43,8 +43,7 @@ class Job:
 def _load(job: Job):
     from glm4v_edge.runtime.registry import load_from
 
-    options = {"device": job.device, "threads": job.threads}
-    return load_from(job.variant, job.model, job.artifacts, **{k: v for k, v in options.items() if v is not None})
+    return load_from(job.variant, job.model, job.artifacts, device=job.device, threads=job.threads)
 
 
 def measure(job: Job) -> dict:
@@ -60,15 +59,19 @@ def measure(job: Job) -> dict:
     result: dict[str, Any] = {"status": "ok", "name": variant.name,
                               "load_s": round(time.perf_counter() - started, 3),
                               "artifact_bytes": variant.artifact_bytes, "decoder_bytes": variant.decoder_bytes}
-    context = getattr(variant, "context_length", 4096)
-    result["latency"] = measure_latency(variant, PROMPT_SETS[job.prompt_set], job.runs, context)
-    prompts = accuracy.fidelity_prompts()
-    if job.references is None:
-        result["references"] = accuracy.reference_outputs(variant, prompts)
+    result["latency"] = measure_latency(variant, PROMPT_SETS[job.prompt_set], job.runs)
+    prompts = accuracy.fidelity_prompts(job.fidelity_prompts)
+    baseline = job.references is None
+    if baseline:
+        references = result["references"] = {"fidelity": accuracy.reference_outputs(variant, prompts)}
     else:
-        result["fidelity"] = accuracy.fidelity(variant, prompts, job.references)
+        references = job.references
+        result["fidelity"] = accuracy.fidelity(variant, prompts, references["fidelity"])
     if job.task_questions:
-        result["task"] = accuracy.task_accuracy(variant, job.task_questions, job.max_new_tokens)
+        result["task"], replies = accuracy.task_accuracy(variant, job.task_questions, job.max_new_tokens,
+                                                         references.get("task_replies"))
+        if baseline:
+            references["task_replies"] = replies
     if job.public_set:
         from glm4v_edge.bench.public_set import score
 
@@ -78,21 +81,6 @@ def measure(job: Job) -> dict:
     result["cuda_peak_mib"] = (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                if torch.cuda.is_available() else None)
     return result
-
-
-def peak_rss_mib() -> float | None:
-    """This process's peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec on
-    Linux, so a spawned child would report its parent's peak."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    import resource  # not Linux: ru_maxrss (bytes on macOS)
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1)
 
 
 def run_isolated(job: Job) -> dict:
@@ -106,13 +94,13 @@ def run_isolated(job: Job) -> dict:
     except Glm4vEdgeError as failure:
         error = str(failure)
     except Exception as failure:  # any exception inside the variant: reported, the run goes on
-        error = f"{type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''}"
+        error = f"{type(failure).__name__}: {first_line(failure)}"
     return {"status": "failed", "name": job.variant, "error": error, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def run_benchmark(baseline: Job, variants: list[str], report: Report = lambda step: None) -> dict[str, dict]:
+def run_benchmark(baseline: Job, variants: list[str], progress: Progress = SILENT) -> dict[str, dict]:
     """The baseline first, then each variant with the baseline's references."""
-    report(f"measuring {baseline.variant} (baseline)")
+    progress.step(f"measuring {baseline.variant} (baseline)")
     results = {baseline.variant: run_isolated(baseline)}
     references = results[baseline.variant].pop("references", None)
     if references is None:
@@ -120,6 +108,6 @@ def run_benchmark(baseline: Job, variants: list[str], report: Report = lambda st
     for name in variants:
         if name == baseline.variant:
             continue
-        report(f"measuring {name}")
+        progress.step(f"measuring {name}")
         results[name] = run_isolated(replace(baseline, variant=name, references=references))
     return results

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.runtime.registry import REMOTE, built_variants, load_from
+from glm4v_edge.machine import resident_bytes
+from glm4v_edge.names import REMOTE
+from glm4v_edge.runtime.registry import built_variants, load_from
 from glm4v_edge.runtime.variant import Variant
 
 BASELINE = "torch"  # the checkpoint in transformers: fp32 on CPU, bf16 on CUDA
@@ -22,6 +24,7 @@ PREFERRED_DEFAULT = "onnx-q4"  # the fastest CPU variant, when the artifacts hol
 class Loaded:
     variant: Variant
     load_s: float
+    resident_bytes: int  # what loading it added to this process's resident memory
     users: int = 0  # generations running on it now; a variant in use is never evicted
 
 
@@ -34,7 +37,7 @@ class VariantCatalog:
         self.available = self._available()  # read once: every request checks a name against it
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.lock = threading.Lock()  # guards ``loaded``
-        self.load_locks: dict[str, threading.Lock] = {}
+        self.load_lock = threading.Lock()
         self.slots: dict[str, threading.BoundedSemaphore] = {}
 
     def names(self) -> list[str]:
@@ -61,29 +64,26 @@ class VariantCatalog:
         """The loaded variant ``name`` (loading it at most once, however many sessions ask)."""
         if name not in self.available:
             raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(self.available)}")
-        with self.lock:
-            load_lock = self.load_locks.setdefault(name, threading.Lock())
-        with load_lock:
+        with self.load_lock:  # one load at a time: each one's resident memory is measured alone
             with self.lock:
                 if name in self.loaded:
                     self.loaded.move_to_end(name)
                     return self.loaded[name]
-            started = time.perf_counter()
-            options = {"device": self.settings.device, "threads": self.settings.threads}
+            started, before = time.perf_counter(), resident_bytes() or 0
             variant = load_from(name, self.settings.model, self.settings.artifacts, remote_url=self.settings.remote_url,
-                                remote_model=self.settings.remote_model,
-                                **{key: value for key, value in options.items() if value is not None})
-            entry = Loaded(variant, time.perf_counter() - started)
+                                remote_model=self.settings.remote_model, device=self.settings.device,
+                                threads=self.settings.threads)
+            entry = Loaded(variant, time.perf_counter() - started, max(0, (resident_bytes() or 0) - before))
             with self.lock:
                 self.loaded[name] = entry
                 self._evict(keep=name)
             return entry
 
     def _evict(self, keep: str) -> None:
-        """Drop idle variants, oldest use first, until the loaded ones fit the budget."""
+        """Drop idle variants, oldest use first, until the loaded ones' resident memory fits the budget."""
         budget = self.settings.memory_budget_bytes
         for name in list(self.loaded):
-            if sum(e.variant.artifact_bytes for e in self.loaded.values()) <= budget:
+            if sum(e.resident_bytes for e in self.loaded.values()) <= budget:
                 return
             if name != keep and self.loaded[name].users == 0:
                 del self.loaded[name]

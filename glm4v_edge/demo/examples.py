@@ -31,7 +31,7 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> list[Example]:
 
 
 def write_examples(folder: Path = EXAMPLES_DIR) -> list[Example]:
-    from glm4v_edge.tiny.samples import write_sample
+    from glm4v_edge.shapes import write_sample
 
     records = []
     for qtype, index in CHOSEN:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from glm4v_edge.runtime.variant import TokenEvent
-from glm4v_edge.thinking import Reply, history_text, parse_reply
+from glm4v_edge.runtime.variant import TokenEvent, decode_tokens_per_s
+from glm4v_edge.thinking import Piece, Reply, history_text
 
 THINKING_TITLE = "Thinking"
 
@@ -14,9 +14,7 @@ THINKING_TITLE = "Thinking"
 @dataclass
 class ReplyView:
     variant_name: str
-    texts: list[str] = field(default_factory=list)
-    thinking: list[str] = field(default_factory=list)
-    answer: list[tuple[str, bool]] = field(default_factory=list)  # (text, inside a box)
+    pieces: list[Piece] = field(default_factory=list)
     first_token_s: float | None = None
     thinking_done_s: float | None = None
     last_s: float = 0.0
@@ -26,19 +24,18 @@ class ReplyView:
 
     def add(self, event: TokenEvent) -> None:
         self.tokens += 1
-        self.texts.append(event.text)
+        self.pieces += event.pieces
         self.first_token_s = event.elapsed_s if self.first_token_s is None else self.first_token_s
         self.last_s = event.elapsed_s
-        for piece in event.pieces:
-            if piece.channel == "thinking":
-                self.thinking.append(piece.text)
-            else:
-                if self.thinking_done_s is None:
-                    self.thinking_done_s = event.elapsed_s
-                self.answer.append((piece.text, piece.in_box))
+        if self.thinking_done_s is None and any(piece.channel == "answer" for piece in event.pieces):
+            self.thinking_done_s = event.elapsed_s
+
+    @property
+    def thinking(self) -> str:
+        return "".join(piece.text for piece in self.pieces if piece.channel == "thinking")
 
     def reply(self) -> Reply:
-        return parse_reply("".join(self.texts))
+        return Reply.from_pieces(self.pieces)
 
     def history_answer(self) -> str:
         """What goes back to the model in the next turn: the answer only."""
@@ -46,7 +43,8 @@ class ReplyView:
 
     def answer_markdown(self) -> str:
         parts, box = [], []
-        for text, in_box in [*self.answer, ("", False)]:
+        answer = [(piece.text, piece.in_box) for piece in self.pieces if piece.channel == "answer"]
+        for text, in_box in [*answer, ("", False)]:
             if in_box:
                 box.append(text)
                 continue
@@ -59,8 +57,8 @@ class ReplyView:
     def metrics(self) -> str:
         if self.first_token_s is None:
             return f"no tokens · {self.variant_name}" + (" · stopped" if self.stopped else "")
-        decode_s = self.last_s - self.first_token_s
-        rate = f"{(self.tokens - 1) / decode_s:.1f} tokens/s" if self.tokens > 1 and decode_s > 0 else "- tokens/s"
+        speed = decode_tokens_per_s(self.tokens, self.first_token_s, self.last_s)
+        rate = "- tokens/s" if speed is None else f"{speed:.1f} tokens/s"
         fields = [f"first token {self.first_token_s:.2f} s", rate, f"{self.tokens} tokens", self.variant_name]
         return " · ".join(fields + (["stopped"] if self.stopped else []))
 
@@ -72,7 +70,7 @@ class ReplyView:
             metadata = {"title": THINKING_TITLE, "status": "done" if thinking_over else "pending"}
             if self.thinking_done_s is not None:
                 metadata["duration"] = round(self.thinking_done_s, 2)
-            shown.append({"role": "assistant", "content": "".join(self.thinking).strip(), "metadata": metadata})
+            shown.append({"role": "assistant", "content": self.thinking.strip(), "metadata": metadata})
         answer = self.answer_markdown()
         if self.finished:
             answer = f"{answer}\n\n<sub>{self.metrics()}</sub>".strip()

@@ -8,7 +8,9 @@ parser. Media arrive as data URLs and are read from a per-request temporary fold
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -22,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.openai_format import from_openai_messages
 from glm4v_edge.runtime.variant import Sampling, Variant
 
@@ -93,7 +95,7 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
         try:
             body = ChatCompletionRequest.model_validate(await request.json())
         except (ValidationError, ValueError) as error:
-            return error_response(400, f"invalid request: {str(error).splitlines()[0]}")
+            return error_response(400, f"invalid request: {first_line(error)}")
         if body.model not in (None, "", served_model):
             return error_response(404, f"the model `{body.model}` does not exist; this server serves `{served_model}`",
                                   "not_found_error")
@@ -120,10 +122,8 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
         def finish(tokens: int) -> None:
             """Once per request, however it ended (done, error, client gone): stop generating, free the slot."""
             stop.set()
-            try:
+            with contextlib.suppress(ValueError):  # still running in a worker thread: the stop event ends it
                 events.close()
-            except ValueError:  # still running in a worker thread: the stop event ends it
-                pass
             folder.cleanup()
             stats.update(running=stats["running"] - 1, completed=stats["completed"] + 1,
                          last_completion_tokens=tokens)
@@ -192,5 +192,7 @@ def serve(variant: Variant, *, host: str = "127.0.0.1", port: int = 8000, served
           concurrency: int = 1) -> None:
     import uvicorn
 
+    print(f"serving {variant.name} at http://{host}:{port}/v1 (model id: {served_model or variant.name})",
+          file=sys.stderr)
     uvicorn.run(create_app(variant, served_model=served_model, concurrency=concurrency), host=host, port=port,
                 log_level="warning")

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from glm4v_edge.runtime.registry import REMOTE_URL_ENV
+from glm4v_edge.names import REMOTE_URL_ENV
 
 # Environment variables a Hugging Face Space (or any deployment) sets instead of CLI flags:
 # setting -> (variable, how its text becomes the value).

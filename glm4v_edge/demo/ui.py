@@ -14,7 +14,8 @@ from glm4v_edge.demo.reply_view import ReplyView
 from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.demo.uploads import ACCEPTED_SUFFIXES, UserTurn, read_user_turn
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.runtime.variant import Sampling
+from glm4v_edge.messages import answer_message
+from glm4v_edge.runtime.variant import MeasurableVariant, Sampling
 
 TITLE = "GLM-4.1V-Thinking · glm4v-edge"
 # At most ~20 chat updates a second: per-token updates would make Gradio's diffing, not the
@@ -71,8 +72,8 @@ def on_zero_gpu(function):
 
 
 def describe(entry) -> str:
-    size = entry.variant.artifact_bytes
-    shown = f"{size / 2**20:.1f} MiB" if size else "served remotely"
+    variant = entry.variant
+    shown = f"{variant.artifact_bytes / 2**20:.1f} MiB" if isinstance(variant, MeasurableVariant) else "served remotely"
     return f"**{entry.variant.name}** ready · {shown} · loaded in {entry.load_s:.1f} s"
 
 
@@ -88,7 +89,7 @@ def build_demo(settings: DemoSettings, catalog: VariantCatalog | None = None) ->
         except Glm4vEdgeError as error:
             raise gr.Error(str(error), print_exception=False) from None
         chat = [*chat, *user_bubbles(turn)]
-        user = {"role": "user", "content": turn.content()}
+        user = turn.message()
         messages = [*([{"role": "system", "content": system.strip()}] if system.strip() else []), *conversation, user]
         yield chat, conversation, gr.MultimodalTextbox(value=None, interactive=False)
 
@@ -111,7 +112,7 @@ def build_demo(settings: DemoSettings, catalog: VariantCatalog | None = None) ->
         finally:
             stops.end(request.session_hash, stop)
         view.finished = True
-        answer = {"role": "assistant", "content": [{"type": "text", "text": view.history_answer()}]}
+        answer = answer_message(view.history_answer())
         yield [*chat, *view.messages()], [*conversation, user, answer], gr.MultimodalTextbox(value=None,
                                                                                             interactive=True)
 

@@ -13,12 +13,10 @@ from pathlib import Path
 from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.media import check_file, load_image, probe_video
-from glm4v_edge.runtime.inputs import check_media_counts
+from glm4v_edge.messages import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_media_counts, user_message
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".avi", ".mkv"}
-PDF_SUFFIXES = {".pdf"}
-ACCEPTED_SUFFIXES = sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES | PDF_SUFFIXES)
+PDF_SUFFIXES = (".pdf",)
+ACCEPTED_SUFFIXES = sorted({*IMAGE_SUFFIXES, *VIDEO_SUFFIXES, *PDF_SUFFIXES})
 PDF_PAGE_LONG_SIDE = 1600  # pixels; the processor resizes further to its own budget
 
 
@@ -28,12 +26,10 @@ class UserTurn:
     images: list[Path] = field(default_factory=list)
     video: Path | None = None
 
-    def content(self) -> list[dict]:
-        """Transformers-format content: media first, then the question (as the official demo does)."""
-        parts: list[dict] = [{"type": "image", "image": str(path)} for path in self.images]
-        if self.video is not None:
-            parts.append({"type": "video", "video": str(self.video)})
-        return [*parts, {"type": "text", "text": self.text}]
+    def message(self) -> dict:
+        """The user turn in the transformers format: media first, then the question."""
+        return user_message(self.text, images=[str(path) for path in self.images],
+                            video=str(self.video) if self.video else None)
 
     def files(self) -> list[Path]:
         return [*self.images, *([self.video] if self.video else [])]

@@ -13,8 +13,20 @@ from pathlib import Path
 
 import torch
 from transformers import DynamicCache, Glm4vForConditionalGeneration
+from transformers.vision_utils import get_vision_position_ids
 
-from glm4v_edge.runtime.positions import vision_patch_positions
+from glm4v_edge.dims import kv_shape
+from glm4v_edge.names import (
+    DECODER_INPUTS,
+    EMBED_INPUT,
+    EMBED_OUTPUT,
+    LOGITS,
+    PAST,
+    PRESENT,
+    VISION_INPUTS,
+    VISION_OUTPUT,
+    kv_names,
+)
 
 OPSET = 21  # int4 types (MatMulNBits, GatherBlockQuantized) need 21; GridSample "cubic" naming
 
@@ -75,17 +87,6 @@ class Decoder(torch.nn.Module):
         return (logits, *presents)
 
 
-def kv_names(layers: int, prefix: str) -> list[str]:
-    return [f"{prefix}.{layer}.{kind}" for layer in range(layers) for kind in ("key", "value")]
-
-
-def kv_shape(config) -> tuple[int, int]:
-    """(key/value heads, head dim) of the decoder's cache."""
-    text = config.text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return text.num_key_value_heads, head_dim
-
-
 def _export(module: torch.nn.Module, args: tuple, path: Path, **options) -> None:
     """``torch.onnx.export(dynamo=True)``; weights go to a side file past protobuf's 2 GB limit."""
     with warnings.catch_warnings():
@@ -102,12 +103,12 @@ def export_vision_encoder(model: Glm4vForConditionalGeneration, path: Path) -> N
     patches = int(grid.prod())
     features = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
     pixel_values = torch.randn(patches, features, dtype=torch.float32)
-    position_ids = torch.from_numpy(vision_patch_positions(grid[0].numpy(), vision.spatial_merge_size))
+    position_ids = get_vision_position_ids(grid, vision.spatial_merge_size)
     n = torch.export.Dim("patches")
     _export(
         VisionEncoder(model), (pixel_values, grid, position_ids), path,
         dynamic_shapes=({0: n}, None, {0: n}),
-        input_names=["pixel_values", "grid_thw", "position_ids"], output_names=["image_features"],
+        input_names=list(VISION_INPUTS), output_names=[VISION_OUTPUT],
     )
 
 
@@ -116,7 +117,7 @@ def export_embed_tokens(model: Glm4vForConditionalGeneration, path: Path) -> Non
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     _export(
         EmbedTokens(model), (ids,), path, dynamic_shapes=({0: batch, 1: sequence},),
-        input_names=["input_ids"], output_names=["inputs_embeds"],
+        input_names=[EMBED_INPUT], output_names=[EMBED_OUTPUT],
     )
 
 
@@ -133,7 +134,6 @@ def export_decoder(model: Glm4vForConditionalGeneration, path: Path) -> None:
     _export(
         Decoder(model), (embeds, mask, positions, torch.tensor(1), cache), path,
         dynamic_shapes=({0: b, 1: s}, {0: b, 1: total}, {1: b, 2: s}, None, tuple({0: b, 2: p} for _ in cache)),
-        input_names=["inputs_embeds", "attention_mask", "position_ids", "num_logits_to_keep",
-                     *kv_names(layers, "past_key_values")],
-        output_names=["logits", *kv_names(layers, "present")],
+        input_names=[*DECODER_INPUTS, *kv_names(layers, PAST)],
+        output_names=[LOGITS, *kv_names(layers, PRESENT)],
     )

@@ -8,7 +8,6 @@ place at the end, so an interrupted export never leaves a folder that looks comp
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,11 +15,14 @@ import torch
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export import graphs
-from glm4v_edge.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
-from glm4v_edge.export.precisions import Q4Settings, convert
+from glm4v_edge.export.precisions import convert
+from glm4v_edge.export.settings import ExportSettings
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import describe_machine
-from glm4v_edge.manifest import GRAPHS, graph_file, write_manifest
+from glm4v_edge.manifest import write_manifest
+from glm4v_edge.names import GRAPHS, external_data_files, graph_file
+from glm4v_edge.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
+from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.provenance import source_record, tool_versions
 from glm4v_edge.runtime.onnx_variant import OnnxVariant
 from glm4v_edge.runtime.torch_variant import TorchVariant
@@ -32,8 +34,6 @@ EXPORTERS = {
 }
 TOOLS = ("onnx", "onnxruntime", "onnxscript")
 
-Report = Callable[[str], None]
-
 
 def save_processor_files(source: TorchVariant, folder: Path) -> None:
     """Config, generation config, tokenizer, chat template and preprocessor configs."""
@@ -43,45 +43,39 @@ def save_processor_files(source: TorchVariant, folder: Path) -> None:
         source.processor.save_pretrained(folder)
 
 
-def export_step_count(dtypes: list[str]) -> int:
-    """How many times ``export_onnx`` calls ``report``, for a progress bar."""
-    conversions = len([d for d in dtypes if d != "fp32"])
-    return 1 + len(GRAPHS) * (1 + conversions) + 1 + (1 + conversions) + 1
-
-
 def export_onnx(
-    model: str | Path | None, out: str | Path, dtypes: list[str], *, overwrite: bool = False,
-    q4: Q4Settings = Q4Settings(), report: Report = lambda step: None,
+    model: str | Path | None, out: str | Path, settings: ExportSettings = ExportSettings(), *,
+    overwrite: bool = False, progress: Progress = SILENT,
 ) -> dict:
-    """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest.
-
-    ``report`` is called with a description as each step starts.
-    """
+    """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest."""
+    dtypes, q4 = list(settings.dtypes), settings.q4
+    conversions = len([d for d in dtypes if d != "fp32"])
+    progress.start("export", 1 + len(GRAPHS) * (1 + conversions) + 1 + (1 + conversions) + 1)
     source = checkpoint.resolve_model(model)
     out = Path(out)
     with atomic_directory(out, overwrite) as staging:
-        report("loading the source checkpoint (fp32)")
+        progress.step("loading the source checkpoint (fp32)")
         reference = TorchVariant(source, dtype=torch.float32, device="cpu", name="torch-fp32")
         (staging / "onnx").mkdir()
         save_processor_files(reference, staging)
         for graph in GRAPHS:
-            report(f"exporting {graph} (fp32)")
+            progress.step(f"exporting {graph} (fp32)")
             with torch.no_grad():
                 EXPORTERS[graph](reference.model, staging / graph_file(graph, "fp32"))
         for dtype in dtypes:
             if dtype == "fp32":
                 continue
             for graph in GRAPHS:
-                report(f"converting {graph} to {dtype}")
+                progress.step(f"converting {graph} to {dtype}")
                 convert(staging / graph_file(graph, "fp32"), dtype, staging / graph_file(graph, dtype), q4)
 
         checked = ["fp32", *[d for d in dtypes if d != "fp32"]]
         write_manifest(staging, {"dtypes": checked})  # provisional: lets the ONNX variant load
-        report("greedy reference replies from the torch source")
+        progress.step("greedy reference replies from the torch source")
         runs = {name: reference_run(reference, messages) for name, messages in parity_prompts().items()}
         parity = {}
         for dtype in checked:
-            report(f"parity of {dtype}")
+            progress.step(f"parity of {dtype}")
             parity[dtype] = measure_parity(runs, OnnxVariant(staging, dtype=dtype, device="cpu"))
             if dtype == "fp32":
                 failed = [name for name, result in parity[dtype].items() if not result["exact"]]
@@ -94,10 +88,10 @@ def export_onnx(
             for graph in GRAPHS:
                 fp32 = staging / graph_file(graph, "fp32")
                 fp32.unlink()
-                for side_file in (fp32.name + ".data", fp32.name + "_data"):  # torch's and onnx's naming
+                for side_file in external_data_files(fp32.name):
                     fp32.with_name(side_file).unlink(missing_ok=True)
             del parity["fp32"]
-        report("writing manifest.json")
+        progress.step("writing manifest.json")
         manifest = write_manifest(staging, {
             "source": source_record(source, reference.model.config),
             "dtypes": dtypes,

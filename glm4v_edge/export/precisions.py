@@ -11,39 +11,15 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.manifest import DTYPE_SUFFIX
-
-DTYPES = tuple(DTYPE_SUFFIX)
+from glm4v_edge.export.settings import Q4Settings
 
 # Kept in fp32 inside fp16 graphs: reductions and exponentials whose intermediate values
 # leave fp16's range (RMSNorm's mean of squares, softmax) and the position-embedding resampler.
 FP32_OPS = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Exp", "GridSample", "Cos", "Sin")
-
-
-@dataclass(frozen=True)
-class Q4Settings:
-    """MatMulNBits settings. Defaults by measurement (medium decoder, 2 CPU threads, one
-    decode step at 515 past tokens): block 128 took 32 ms, block 64 34 ms, block 32 41 ms;
-    accuracy level 4 (int8 activations inside the kernel) 41 ms against 66 ms for level 0."""
-
-    block_size: int = 128
-    accuracy_level: int = 4
-    symmetric: bool = True
-
-
-def parse_dtypes(text: str) -> list[str]:
-    """'fp32,q4' -> ['fp32', 'q4'], with a clear error for unknown names."""
-    chosen = [d.strip() for d in text.split(",") if d.strip()]
-    unknown = [d for d in chosen if d not in DTYPES]
-    if unknown or not chosen:
-        raise Glm4vEdgeError(f"unknown dtype(s) {', '.join(unknown) or text!r}; choose from {', '.join(DTYPES)}")
-    return list(dict.fromkeys(chosen))
 
 
 @contextmanager
@@ -73,7 +49,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_converters():
-        return convert_float_to_float16(model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))
+        return convert_float_to_float16(model, keep_io_types=False,
+                                        op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:

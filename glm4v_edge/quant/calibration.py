@@ -20,15 +20,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge import shapes
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.local_datasets import first_image_column, is_saved_dataset, load_rows
 from glm4v_edge.media import load_image, to_rgb
-from glm4v_edge.runtime.inputs import build_batch, user_message
-from glm4v_edge.tiny import task
+from glm4v_edge.messages import IMAGE_SUFFIXES, user_message
+from glm4v_edge.runtime.inputs import build_batch
 
 # Fewer usable samples than this and the Hessian estimates are too noisy to trust.
 MIN_SAMPLES = 8
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TEXT_COLUMNS = ("question", "prompt", "query", "instruction", "text", "caption")
 # One in this many calibration samples is text-only, so plain chat is calibrated too.
 TEXT_ONLY_EVERY = 8
@@ -84,7 +84,7 @@ def with_text_only(count: int, media_sample: Callable[[int], CalibrationSample])
 def embedded_samples(count: int) -> list[CalibrationSample]:
     """The embedded model's training distribution: task questions with their target replies."""
     def task_sample(index: int) -> CalibrationSample:
-        sample = task.make_sample("train", index)
+        sample = shapes.make_sample(shapes.TRAIN_SPLIT, index)
         return CalibrationSample(f"task:train/{index}:{sample.qtype}", sample.messages(), sample.target())
 
     return with_text_only(count, task_sample)
@@ -94,7 +94,7 @@ def builtin_samples(count: int, seed: int = 0) -> list[CalibrationSample]:
     """For a real checkpoint with no data given: generated shape images (varied aspect ratios)
     with generic questions, and generic text prompts. Weaker than real images; say so."""
     def generated_sample(index: int) -> CalibrationSample:
-        image = task.make_sample("calibration", index).images or task.make_sample("calibration", index + 1).images
+        image = shapes.make_sample("calibration", index).images or shapes.make_sample("calibration", index + 1).images
         question = GENERIC_QUESTIONS[random.Random(seed + index).randrange(len(GENERIC_QUESTIONS))]
         return CalibrationSample(f"builtin:{index}", [user_message(question, images=image[:1])])
 
@@ -116,7 +116,8 @@ def folder_samples(folder: Path, count: int, warn: Warn) -> list[CalibrationSamp
             warn(f"skipped: {error}")
             continue
         sidecar = path.with_suffix(".txt")
-        question = sidecar.read_text().strip() if sidecar.is_file() else GENERIC_QUESTIONS[index % len(GENERIC_QUESTIONS)]
+        generic = GENERIC_QUESTIONS[index % len(GENERIC_QUESTIONS)]
+        question = sidecar.read_text().strip() if sidecar.is_file() else generic
         samples.append(CalibrationSample(path.name, [user_message(question or GENERIC_QUESTIONS[0], images=[image])]))
     samples += [CalibrationSample(f"prompts.txt:{i + 1}", [user_message(p)]) for i, p in enumerate(text_prompts)]
     if skipped:
@@ -143,9 +144,10 @@ def dataset_samples(path: Path, count: int, warn: Warn) -> list[CalibrationSampl
             image = to_rgb(image)
         except Exception as error:  # undecodable bytes surface from PIL or datasets' decoder
             skipped += 1
-            warn(f"skipped row {index}: unreadable image ({str(error).splitlines()[0] if str(error) else 'empty'})")
+            warn(f"skipped row {index}: unreadable image ({first_line(error)})")
             continue
-        samples.append(CalibrationSample(f"{path.name}[{index}]", [user_message(str(row[text_column]), images=[image])]))
+        messages = [user_message(str(row[text_column]), images=[image])]
+        samples.append(CalibrationSample(f"{path.name}[{index}]", messages))
     if skipped:
         warn(f"{skipped} rows of {path} had unreadable images and were skipped")
     return samples

@@ -10,23 +10,24 @@ source measured on the export's fixed prompts and an entry in the artifacts' man
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
 import queue
 import tempfile
-import traceback
 import time
-from collections.abc import Callable
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
 from glm4v_edge import checkpoint
-from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import describe_machine
 from glm4v_edge.manifest import record_variant
+from glm4v_edge.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
+from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.provenance import source_record, tool_versions
 from glm4v_edge.quant.calibration import CalibrationSample, calibration_samples
 from glm4v_edge.quant.layout import fuse_gate_up, shard_map
@@ -35,8 +36,6 @@ from glm4v_edge.runtime.torch_variant import TorchVariant
 
 LOG_FILE = "quantize.log"
 DTYPE_BITS = {"I32": 32, "F16": 16, "BF16": 16, "F32": 32}
-
-Report = Callable[[str], None]
 
 
 def _gptqmodel_config(settings: GptqSettings):
@@ -97,11 +96,11 @@ def _gptqmodel_worker(source: str, settings: GptqSettings, dtype, device: str, b
         messages.put(("done", None))
     except BaseException as error:
         traceback.print_exc()
-        messages.put(("error", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
+        messages.put(("error", f"{type(error).__name__}: {first_line(error)}"))
 
 
 def run_gptqmodel(source: str, settings: GptqSettings, dtype, device: str, batches: list[dict],
-                  staging: Path, layers: int, report: Report) -> None:
+                  staging: Path, layers: int, progress: Progress) -> None:
     source = str(Path(source).resolve()) if Path(source).exists() else source  # the worker changes folder
     staging = staging.resolve()
     context = multiprocessing.get_context("spawn")
@@ -116,13 +115,14 @@ def run_gptqmodel(source: str, settings: GptqSettings, dtype, device: str, batch
                 kind, value = messages.get(timeout=1.0)
             except queue.Empty:
                 if not worker.is_alive():
-                    raise Glm4vEdgeError(f"GPTQModel exited with code {worker.exitcode}; see {staging / LOG_FILE}") from None
+                    raise Glm4vEdgeError(f"GPTQModel exited with code {worker.exitcode}; "
+                                         f"see {staging / LOG_FILE}") from None
                 continue
             if kind == "layer":
                 done += 1
-                report(f"quantized decoder layer {done}/{layers}")
+                progress.step(f"quantized decoder layer {done}/{layers}")
             elif kind == "saving":
-                report("saving the quantized checkpoint")
+                progress.step("saving the quantized checkpoint")
             elif kind == "error":
                 raise Glm4vEdgeError(f"GPTQModel failed: {value}")
             elif kind == "done":
@@ -136,7 +136,7 @@ def run_gptqmodel(source: str, settings: GptqSettings, dtype, device: str, batch
 def quantize_gptq(
     model: str | Path | None, out: str | Path, settings: GptqSettings = GptqSettings(), *,
     calibration_data: Path | None = None, overwrite: bool = False, device: str | None = None,
-    report: Report = lambda step: None, warn: Report = lambda message: None,
+    progress: Progress = SILENT,
 ) -> dict:
     """Quantize ``model`` (hub id, folder, None: the embedded model) into ``out``; return its manifest entry."""
     source = checkpoint.resolve_model(model)
@@ -146,24 +146,26 @@ def quantize_gptq(
     device = device or checkpoint.default_device()
     dtype = checkpoint.source_dtype(config)
     started = time.perf_counter()
+    layers = config.text_config.num_hidden_layers
+    progress.start(settings.variant, 4 + (settings.method == "gptq") + layers)
 
-    report("loading the source checkpoint")
+    progress.step("loading the source checkpoint")
     reference = TorchVariant(source, dtype=dtype, device=device, name=f"source-{str(dtype).removeprefix('torch.')}")
     samples: list[CalibrationSample] = []
     if settings.method == "gptq":
-        report("preparing calibration prompts")
+        progress.step("preparing calibration prompts")
         samples = calibration_samples(calibration_data, settings.calibration,
-                                      embedded=model is None, warn=warn)
+                                      embedded=model is None, warn=progress.warn)
     batches = [sample.batch(reference.processor) for sample in samples]
 
     with atomic_directory(out, overwrite) as staging:
-        run_gptqmodel(source, settings, dtype, device, batches, staging, config.text_config.num_hidden_layers, report)
+        run_gptqmodel(source, settings, dtype, device, batches, staging, layers, progress)
         fuse_gate_up(staging)
         with checkpoint.quiet_transformers():
             reference.processor.save_pretrained(staging)
             reference.generation_config.save_pretrained(staging)
 
-        report("parity against the source")
+        progress.step("parity against the source")
         runs = {name: reference_run(reference, messages) for name, messages in parity_prompts().items()}
         quantized = TorchVariant(staging, dtype=dtype, device=device, name=settings.variant)
         parity = measure_parity(runs, quantized)
@@ -174,9 +176,10 @@ def quantize_gptq(
             "settings": {**asdict(settings), "quantized": "language model linear layers",
                          "kept_in_source_precision": ["vision tower", "patch merger", "embeddings", "lm_head"],
                          "source_dtype": str(dtype).removeprefix("torch.")},
+            "quantization_config": json.loads((staging / "config.json").read_text())["quantization_config"],
             "decoder_bits_per_weight": decoder_bits_per_weight(staging, settings.bits),
             "calibration": {
-                "source": str(calibration_data) if calibration_data else ("embedded task" if model is None else "built-in"),
+                "source": str(calibration_data or ("embedded task" if model is None else "built-in")),
                 "samples": [sample.record(int(batch["input_ids"].shape[1])) for sample, batch in zip(samples, batches)],
             },
             "parity": {"reference": reference.name, "new_tokens": NEW_TOKENS, "results": parity},
@@ -185,7 +188,7 @@ def quantize_gptq(
             "machine": describe_machine(),
         }
         del quantized
-    report("writing manifest.json")
+    progress.step("writing manifest.json")
     return record_variant(out, settings.variant, entry)
 
 

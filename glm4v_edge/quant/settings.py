@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from glm4v_edge.dims import head_dim
 from glm4v_edge.errors import Glm4vEdgeError
-
-BITS = (2, 3, 4, 8)  # what GPTQModel's GPTQ kernels pack
-METHODS = ("gptq", "rtn")  # rtn: round-to-nearest with the same format, the baseline GPTQ must beat
+from glm4v_edge.names import GPTQ_BITS, GPTQ_METHODS, quantized_variant
 
 
 @dataclass(frozen=True)
@@ -23,18 +22,18 @@ class GptqSettings:
 
     def check(self, text_config) -> None:
         """Refuse settings GPTQModel or the model's shapes cannot take, before loading anything."""
-        if self.bits not in BITS:
-            raise Glm4vEdgeError(f"--bits {self.bits} is not supported; GPTQ packs {', '.join(map(str, BITS))} bits")
-        if self.method not in METHODS:
-            raise Glm4vEdgeError(f"unknown method {self.method!r}; choose {' or '.join(METHODS)}")
+        if self.bits not in GPTQ_BITS:
+            supported = ", ".join(map(str, GPTQ_BITS))
+            raise Glm4vEdgeError(f"--bits {self.bits} is not supported; GPTQ packs {supported} bits")
+        if self.method not in GPTQ_METHODS:
+            raise Glm4vEdgeError(f"unknown method {self.method!r}; choose {' or '.join(GPTQ_METHODS)}")
         if self.group_size == -1:
             return
         if self.group_size < 8:
             raise Glm4vEdgeError(f"--group-size must be -1 or at least 8, not {self.group_size}")
-        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         widths = {
             "hidden_size": text_config.hidden_size,
-            "attention width": text_config.num_attention_heads * head_dim,
+            "attention width": text_config.num_attention_heads * head_dim(text_config),
             "intermediate_size": text_config.intermediate_size,
         }
         for label, width in widths.items():
@@ -43,4 +42,4 @@ class GptqSettings:
 
     @property
     def variant(self) -> str:
-        return f"{'gptq' if self.method == 'gptq' else 'rtn'}-int{self.bits}"
+        return quantized_variant(self.method, self.bits)

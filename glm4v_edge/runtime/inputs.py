@@ -7,28 +7,15 @@ template and all image/video preprocessing are the checkpoint's own processor's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 from transformers import BatchFeature
 
 from glm4v_edge.checkpoint import quiet_transformers
-from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.media import Video, load_image, load_video, to_rgb
-
-# GLM-4.1V's official demo takes up to 10 images (or one video) per message.
-MAX_IMAGES_PER_MESSAGE = 10
-MAX_VIDEOS_PER_MESSAGE = 1
-
-
-def _media_kind(item: dict) -> str | None:
-    kind = item.get("type")
-    if kind in ("image", "video"):
-        return kind
-    if kind is None:
-        return "video" if "video" in item else "image" if "image" in item else None
-    return None
+from glm4v_edge.messages import check_media_counts, media_kind
 
 
 def _load_media(item: dict, kind: str, processor) -> Image.Image | Video:
@@ -46,27 +33,6 @@ def _load_media(item: dict, kind: str, processor) -> Image.Image | Video:
     raise Glm4vEdgeError(f"unsupported {kind} value of type {type(value).__name__}; pass a file path")
 
 
-def check_media_counts(messages: list[dict]) -> None:
-    """Refuse over-full messages and mixed image/video conversations before decoding anything."""
-    kinds_seen = set()
-    for message in messages:
-        if message.get("role") not in ("system", "user", "assistant"):
-            raise Glm4vEdgeError(f"unknown message role: {message.get('role')!r}")
-        content = message.get("content")
-        kinds = [_media_kind(item) for item in content] if isinstance(content, list) else []
-        if kinds.count("image") > MAX_IMAGES_PER_MESSAGE:
-            raise Glm4vEdgeError(
-                f"{kinds.count('image')} images in one message; GLM-4.1V takes at most {MAX_IMAGES_PER_MESSAGE}"
-            )
-        if kinds.count("video") > MAX_VIDEOS_PER_MESSAGE:
-            raise Glm4vEdgeError(f"{kinds.count('video')} videos in one message; GLM-4.1V takes one video per message")
-        kinds_seen.update(kind for kind in kinds if kind)
-    if kinds_seen == {"image", "video"}:
-        # transformers' GLM-4.1V marks video frames with the image token, so one forward
-        # pass cannot place image and video features apart.
-        raise Glm4vEdgeError("a conversation can hold images or videos, not both; start a new chat for the other")
-
-
 def resolve_media(messages: list[dict], processor) -> tuple[list[dict], list[Image.Image], list[Video]]:
     """Load every image and video in the conversation, in order."""
     check_media_counts(messages)
@@ -80,7 +46,7 @@ def resolve_media(messages: list[dict], processor) -> tuple[list[dict], list[Ima
             continue
         new_content = []
         for item in content:
-            kind = _media_kind(item)
+            kind = media_kind(item)
             if kind is None:
                 new_content.append(item)
                 continue
@@ -89,10 +55,6 @@ def resolve_media(messages: list[dict], processor) -> tuple[list[dict], list[Ima
             new_content.append({"type": kind, kind: media})
         resolved.append({**message, "content": new_content})
     return resolved, images, videos
-
-
-def context_length(config) -> int:
-    return config.text_config.max_position_embeddings
 
 
 def build_batch(
@@ -125,7 +87,7 @@ def build_batch(
                 return_tensors="pt",
             )
     except ValueError as error:
-        raise Glm4vEdgeError(f"the processor rejected the input: {str(error).splitlines()[0]}") from None
+        raise Glm4vEdgeError(f"the processor rejected the input: {first_line(error)}") from None
     length = batch["input_ids"].shape[1]
     if max_positions is not None and length >= max_positions:
         raise Glm4vEdgeError(
@@ -133,15 +95,6 @@ def build_batch(
             "(shorten the text or use fewer or smaller images)"
         )
     return batch
-
-
-def user_message(text: str, images: list[Any] = (), video: Any = None) -> dict:
-    """A user turn: media first, then the question (the order the official demo uses)."""
-    content: list[dict] = [{"type": "image", "image": image} for image in images]
-    if video is not None:
-        content.append({"type": "video", "video": video})
-    content.append({"type": "text", "text": text})
-    return {"role": "user", "content": content}
 
 
 def extend_batch(batch: BatchFeature, token_ids: list[int]) -> BatchFeature:

@@ -9,7 +9,6 @@ and the token choice are the same as the torch variant's.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +17,26 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from transformers import LogitsProcessorList
+from transformers.vision_utils import get_vision_position_ids
 
 from glm4v_edge import checkpoint
-from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.export.graphs import kv_names, kv_shape
-from glm4v_edge.manifest import graph_file, read_manifest, verify_file
-from glm4v_edge.runtime.inputs import build_batch, context_length
-from glm4v_edge.runtime.positions import rope_positions, vision_patch_positions
-from glm4v_edge.runtime.sampling import LogitsChooser, generation_settings
-from glm4v_edge.runtime.thinking_budget import ThinkingBudget
-from glm4v_edge.runtime.variant import ReplyStream, Sampling, TokenEvent
+from glm4v_edge.dims import context_length, kv_shape, merge_size
+from glm4v_edge.errors import Glm4vEdgeError, first_line
+from glm4v_edge.manifest import read_manifest, verify_file
+from glm4v_edge.names import (
+    DECODER_INPUTS,
+    EMBED_INPUT,
+    PAST,
+    VISION_INPUTS,
+    external_data_files,
+    graph_file,
+    kv_names,
+    onnx_variant,
+)
+from glm4v_edge.runtime.generation import choose_tokens, host_logits_processors, plan_generation
+from glm4v_edge.runtime.positions import rope_positions
+from glm4v_edge.runtime.variant import Sampling, TokenEvent
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -48,7 +57,7 @@ class Graph:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
-            raise Glm4vEdgeError(f"onnxruntime cannot load {path}: {str(error).splitlines()[0]}") from None
+            raise Glm4vEdgeError(f"onnxruntime cannot load {path}: {first_line(error)}") from None
         self.path = path
         self.device = device
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
@@ -106,39 +115,36 @@ class OnnxVariant:
         self.vision = self._graph("vision_encoder", vision_dtype, threads)
         self.embed = self._graph("embed_tokens", dtype, threads)
         self.decoder = self._graph("decoder_model_merged", dtype, threads)
-        self.past_names = kv_names(self.config.text_config.num_hidden_layers, "past_key_values")
+        self.past_names = kv_names(self.config.text_config.num_hidden_layers, PAST)
         self.kv_heads, self.head_dim = kv_shape(self.config)
+        self.context_length = context_length(self.config)
         self.artifact_bytes = sum(self.graph_bytes(graph) for graph in (self.vision, self.embed, self.decoder))
         self.decoder_bytes = self.graph_bytes(self.decoder)
         suffix = "" if vision_dtype == dtype else f"+vision-{vision_dtype}"
-        self.name = name or f"onnx-{dtype}{suffix}"
+        self.name = name or onnx_variant(dtype) + suffix
 
     def _graph(self, graph: str, dtype: str, threads: int | None) -> Graph:
         name = graph_file(graph, dtype)
         if name not in self.manifest.get("files", {}):
             exported = ", ".join(self.manifest.get("dtypes", [])) or "none"
             raise Glm4vEdgeError(f"{self.folder} has no {dtype} export ({name}); exported dtypes: {exported}")
-        path = verify_file(self.folder, self.manifest, name)
-        for side_file in self.manifest["files"]:  # external weights: name.onnx.data or name.onnx_data
-            if side_file.startswith(name) and side_file[len(name):] in (".data", "_data"):
-                verify_file(self.folder, self.manifest, side_file)
-        return Graph(path, self.device, threads)
+        for file in self.graph_files(name):
+            verify_file(self.folder, self.manifest, file)
+        return Graph(self.folder / name, self.device, threads)
+
+    def graph_files(self, name: str) -> list[str]:
+        """A graph and its external-weights side file, as the manifest lists them."""
+        return [file for file in (name, *external_data_files(name)) if file in self.manifest["files"]]
 
     def graph_bytes(self, graph: Graph) -> int:
-        """The graph file and its external-weights side file, as listed in the manifest."""
         name = graph.path.relative_to(self.folder).as_posix()
-        return sum(entry["bytes"] for file, entry in self.manifest["files"].items()
-                   if file == name or file in (name + ".data", name + "_data"))
-
-    @property
-    def context_length(self) -> int:
-        return context_length(self.config)
+        return sum(self.manifest["files"][file]["bytes"] for file in self.graph_files(name))
 
     # --- the three graphs -------------------------------------------------------------
 
     def vision_features(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
         """Merged features of every image, then every video frame pair, in prompt order."""
-        merge = self.config.vision_config.spatial_merge_size
+        merge = merge_size(self.config)
         pieces = []
         for pixels_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
             if batch.get(pixels_key) is None:
@@ -147,17 +153,14 @@ class OnnxVariant:
             for t, h, w in batch[grid_key]:
                 for _ in range(int(t)):  # one call per image or frame pair (see export.graphs)
                     grid = np.array([[1, h, w]], dtype=np.int64)
-                    inputs = {
-                        "pixel_values": pixels[start:start + h * w],
-                        "grid_thw": grid,
-                        "position_ids": vision_patch_positions(grid[0], merge),
-                    }
+                    positions = get_vision_position_ids(torch.from_numpy(grid), merge).numpy()
+                    inputs = dict(zip(VISION_INPUTS, (pixels[start:start + h * w], grid, positions)))
                     pieces.append(self.vision.run(inputs)[0].numpy())
                     start += h * w
         return np.concatenate(pieces).astype(np.float32) if pieces else None
 
     def input_embeddings(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        embeds = self.embed.run({"input_ids": batch["input_ids"]})[0].numpy().astype(np.float32)
+        embeds = self.embed.run({EMBED_INPUT: batch["input_ids"]})[0].numpy().astype(np.float32)
         features = self.vision_features(batch)
         if features is not None:
             media = batch["mm_token_type_ids"] != 0
@@ -170,15 +173,13 @@ class OnnxVariant:
 
     def decode(self, embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
                past: list[ort.OrtValue], keep: int) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        inputs = {
-            "inputs_embeds": embeds, "attention_mask": mask.astype(np.int64), "position_ids": positions,
-            "num_logits_to_keep": np.array(keep, dtype=np.int64), **dict(zip(self.past_names, past)),
-        }
+        values = (embeds, mask.astype(np.int64), positions, np.array(keep, dtype=np.int64))
+        inputs = {**dict(zip(DECODER_INPUTS, values)), **dict(zip(self.past_names, past))}
         logits, *present = self.decoder.run(inputs)
         return logits.numpy().astype(np.float32), present
 
     def empty_cache(self, batch_size: int) -> list[ort.OrtValue]:
-        dtype = self.decoder.float_type("past_key_values.0.key")
+        dtype = self.decoder.float_type(self.past_names[0])
         empty = np.zeros((batch_size, self.kv_heads, 0, self.head_dim), dtype=dtype)
         return [self.decoder.value(empty) for _ in self.past_names]
 
@@ -190,7 +191,7 @@ class OnnxVariant:
     def _positions(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return rope_positions(
             batch["input_ids"], batch["attention_mask"], batch.get("mm_token_type_ids"),
-            batch.get("image_grid_thw"), batch.get("video_grid_thw"), self.config.vision_config.spatial_merge_size,
+            batch.get("image_grid_thw"), batch.get("video_grid_thw"), merge_size(self.config),
         )
 
     def run_prompt(self, batch: dict[str, Any], keep: int | None = None) -> tuple[np.ndarray, DecodeState]:
@@ -212,7 +213,7 @@ class OnnxVariant:
     def step(self, state: DecodeState, token_ids: np.ndarray) -> np.ndarray:
         """Feed one new token per row; return the next logits (batch, vocab)."""
         ids = token_ids.reshape(-1, 1).astype(np.int64)
-        embeds = self.embed.run({"input_ids": ids})[0].numpy()
+        embeds = self.embed.run({EMBED_INPUT: ids})[0].numpy()
         positions = np.broadcast_to(state.next_position[None, :, None], (3, len(ids), 1))
         state.attention_mask = np.concatenate([state.attention_mask, np.ones_like(ids)], axis=1)
         logits, state.past = self.decode(embeds, state.attention_mask, positions, state.past, keep=1)
@@ -231,24 +232,20 @@ class OnnxVariant:
         thinking_budget: int | None = None,
         stop: threading.Event | None = None,
     ) -> Iterator[TokenEvent]:
-        started = time.perf_counter()
-        batch = build_batch(self.processor, [messages], max_positions=self.context_length)
-        prompt_length = batch["input_ids"].shape[1]
-        max_new_tokens = max(1, min(max_new_tokens, self.context_length - prompt_length))
-        config = generation_settings(self.generation_config, sampling, max_new_tokens, self.tokens.pad)
-        budget = ThinkingBudget.for_tokens(thinking_budget, self.tokens)
-        choose = LogitsChooser(config, budget, prompt_length, sampling.seed if sampling else None)
-        reply = ReplyStream(self.processor.tokenizer, budget, started)
-
-        logits, state = self.prefill(batch)
-        for produced in range(1, max_new_tokens + 1):
+        plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget)
+        logits, state = self.prefill(plan.batch)
+        processors = host_logits_processors(self.config, plan.config, state.input_ids,
+                                            torch.as_tensor(plan.batch["attention_mask"]),
+                                            LogitsProcessorList([plan.budget_processor]))
+        for produced in range(1, plan.config.max_new_tokens + 1):
             if stop is not None and stop.is_set():
                 return
-            token = int(choose(state.input_ids, torch.from_numpy(logits))[0])
+            scores = processors(state.input_ids, torch.from_numpy(logits))
+            token = int(choose_tokens(scores, bool(plan.config.do_sample))[0])
             if token in self.tokens.eos:
                 return
-            yield reply.event(token)
-            if produced < max_new_tokens:
+            yield plan.reply.event(token)
+            if produced < plan.config.max_new_tokens:
                 logits = self.step(state, np.array([token]))
 
     def encode_vision(self, batch: dict[str, Any]) -> None:

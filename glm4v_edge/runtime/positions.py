@@ -1,8 +1,8 @@
-"""Host-side position inputs the ONNX graphs take instead of computing them.
+"""M-RoPE position ids, computed on the host for the ONNX decoder instead of inside it.
 
-Ported to numpy from transformers' GLM-4.1V (``Glm4vModel.get_rope_index`` and
-``transformers.vision_utils.get_vision_position_ids``), so the exported graphs stay free of
-data-dependent loops and the ONNX runtime needs no torch.
+Ported to numpy from transformers' GLM-4.1V (``Glm4vModel.get_rope_index``, a method of the
+torch model), so the exported graph stays free of data-dependent loops. The vision patches'
+(h, w) come from transformers' own ``get_vision_position_ids``.
 """
 
 from __future__ import annotations
@@ -12,18 +12,6 @@ import itertools
 import numpy as np
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # the processor's mm_token_type_ids
-
-
-def vision_patch_positions(grid_thw: np.ndarray, spatial_merge_size: int) -> np.ndarray:
-    """(h, w) of every patch of one grid (t, h, w), in the merge-block-major order the
-    processor lays patches out in: shape (t*h*w, 2)."""
-    t, h, w = (int(x) for x in grid_thw)
-    m = spatial_merge_size
-    hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    block = (h // m, m, w // m, m)
-    hpos = hpos.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
-    wpos = wpos.reshape(block).transpose(0, 2, 1, 3).reshape(-1)
-    return np.tile(np.stack([hpos, wpos], axis=-1), (t, 1)).astype(np.int64)
 
 
 def _vision_token_positions(start: int, grid_thw: np.ndarray, spatial_merge_size: int) -> np.ndarray:

@@ -1,42 +1,72 @@
-"""Every variant kind registered in one place: name -> loader.
+"""Every variant name registered in one place: name -> loader, and what the variant can do.
 
-Callers (CLI, benchmark, demo) ask for a variant by name and get a ``Variant``; they never
-branch on what kind it is.
+Callers (CLI, benchmark, demo) ask for a variant by name; they never branch on its kind. What
+a variant can do is known before it is loaded (``measurable``), so the benchmark refuses a
+variant it cannot score before starting anything. Loaders import their runtime when called:
+listing names costs no torch, onnxruntime or openai import.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.manifest import DTYPE_SUFFIX, read_manifest, verify_file
-from glm4v_edge.quant.settings import BITS
-from glm4v_edge.runtime.torch_variant import TorchVariant
+from glm4v_edge.manifest import read_manifest, verify_file
+from glm4v_edge.names import (
+    GPTQ_BITS,
+    GPTQ_METHODS,
+    ONNX_DTYPES,
+    REMOTE,
+    REMOTE_URL_ENV,
+    TORCH_DTYPES,
+    onnx_variant,
+    quantized_variant,
+    torch_variant,
+)
 from glm4v_edge.runtime.variant import Variant
 
 Loader = Callable[..., Variant]
-LOADERS: dict[str, Loader] = {}
-REMOTE = "remote"
-REMOTE_URL_ENV = "GLM4V_EDGE_REMOTE_URL"  # e.g. http://localhost:8000/v1 (vLLM, SGLang, glm4v-edge serve)
 
 
-def register(name: str, loader: Loader) -> None:
-    LOADERS[name] = loader
+@dataclass(frozen=True)
+class Registered:
+    load: Loader
+    measurable: bool  # runs here on its own processor: scored and stage-timed by the benchmark
+    why_not: str = ""  # when not measurable: one line saying why
+
+
+VARIANTS: dict[str, Registered] = {}
+
+
+def register(name: str, loader: Loader, *, measurable: bool = True, why_not: str = "") -> None:
+    VARIANTS[name] = Registered(loader, measurable, why_not)
 
 
 def variant_names() -> list[str]:
-    return sorted(LOADERS)
+    return sorted(VARIANTS)
+
+
+def check_known(names: list[str]) -> None:
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise Glm4vEdgeError(f"unknown variant(s): {', '.join(unknown)}; choose from: {', '.join(variant_names())}")
+
+
+def check_measurable(names: list[str]) -> None:
+    """Refuse, in one line, any variant the benchmark cannot score or time."""
+    check_known(names)
+    for name in names:
+        if not VARIANTS[name].measurable:
+            raise Glm4vEdgeError(f"{name} cannot be benchmarked: {VARIANTS[name].why_not}")
 
 
 def load_variant(name: str, model: str | Path | None = None, **options) -> Variant:
     """Load variant ``name`` of ``model`` (hub id or folder; None: the embedded tiny model)."""
-    if name not in LOADERS:
-        raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(variant_names())}")
-    return LOADERS[name](model, **options)
+    check_known([name])
+    return VARIANTS[name].load(model, **options)
 
 
 def load_from(name: str, model: str | Path | None, artifacts: str | Path | None, *,
@@ -51,53 +81,10 @@ def load_from(name: str, model: str | Path | None, artifacts: str | Path | None,
     return load_variant(name, model, **options)
 
 
-def _torch_loader(dtype: torch.dtype | None) -> Loader:
-    def load(model, device: str | None = None, artifacts: str | Path | None = None,
-             threads: int | None = None) -> Variant:
-        if artifacts is not None:
-            raise Glm4vEdgeError("torch variants load a checkpoint: pass --model, not --artifacts")
-        if threads:
-            torch.set_num_threads(threads)
-        return TorchVariant(model, dtype=dtype, device=device)
-    return load
-
-
-def _onnx_loader(dtype: str) -> Loader:
-    def load(model, device: str | None = None, artifacts: str | Path | None = None,
-             threads: int | None = None, vision_dtype: str | None = None) -> Variant:
-        from glm4v_edge.runtime.onnx_variant import OnnxVariant  # onnxruntime only when asked for
-
-        folder = artifacts or model
-        if folder is None:
-            raise Glm4vEdgeError(f"{onnx_name(dtype)} needs an artifacts folder made by `glm4v-edge export onnx` "
-                                 "(pass --artifacts FOLDER)")
-        return OnnxVariant(folder, dtype=dtype, vision_dtype=vision_dtype, device=device, threads=threads)
-    return load
-
-
-def _gptq_loader(name: str) -> Loader:
-    def load(model, device: str | None = None, artifacts: str | Path | None = None,
-             threads: int | None = None) -> Variant:
-        if artifacts is not None:
-            model = verified_subfolder(Path(artifacts), name)
-        elif model is None:
-            raise Glm4vEdgeError(f"{name} needs a GPTQ checkpoint: --artifacts FOLDER (made by `glm4v-edge quantize "
-                                 "gptq`) or --model DIR_OR_HUB_ID")
-        if threads:
-            torch.set_num_threads(threads)
-        return TorchVariant(model, device=device, name=name)
-    return load
-
-
-def _remote_loader(model, device: str | None = None, artifacts: str | Path | None = None,
-                   threads: int | None = None, url: str | None = None, api_key: str | None = None) -> Variant:
-    from glm4v_edge.runtime.remote_variant import RemoteVariant  # openai only when asked for
-
-    url = url or os.environ.get(REMOTE_URL_ENV)
-    if not url:
-        raise Glm4vEdgeError(f"the remote variant needs an endpoint URL: set {REMOTE_URL_ENV} "
-                             "(or `glm4v-edge demo --remote-url`)")
-    return RemoteVariant(url, model=str(model) if model is not None else None, api_key=api_key)
+def built_variants(artifacts: str | Path) -> list[str]:
+    """The variant names an artifacts folder holds, from its manifest (ONNX precisions, then GPTQ)."""
+    manifest = read_manifest(Path(artifacts))
+    return [*(onnx_variant(dtype) for dtype in manifest.get("dtypes", [])), *manifest.get("variants", {})]
 
 
 def verified_subfolder(artifacts: Path, name: str) -> Path:
@@ -114,23 +101,74 @@ def verified_subfolder(artifacts: Path, name: str) -> Path:
     return artifacts / entry["folder"]
 
 
-def built_variants(artifacts: str | Path) -> list[str]:
-    """The variant names an artifacts folder holds, from its manifest (ONNX precisions, then GPTQ)."""
-    manifest = read_manifest(Path(artifacts))
-    return [*(onnx_name(dtype) for dtype in manifest.get("dtypes", [])), *manifest.get("variants", {})]
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
-def onnx_name(dtype: str) -> str:
-    return f"onnx-{dtype}"
+def _torch_loader(dtype_name: str | None) -> Loader:
+    def load(model, device: str | None = None, artifacts: str | Path | None = None, threads: int | None = None):
+        import torch
+
+        from glm4v_edge.runtime.torch_variant import TorchVariant
+
+        if artifacts is not None:
+            raise Glm4vEdgeError("torch variants load a checkpoint: pass --model, not --artifacts")
+        _set_threads(threads)
+        dtype = None if dtype_name is None else {"fp32": torch.float32, "bf16": torch.bfloat16,
+                                                 "fp16": torch.float16}[dtype_name]
+        return TorchVariant(model, dtype=dtype, device=device)
+    return load
 
 
-register("torch", _torch_loader(None))  # fp32 on CPU, bf16 on CUDA
-register("torch-fp32", _torch_loader(torch.float32))
-register("torch-bf16", _torch_loader(torch.bfloat16))
-register("torch-fp16", _torch_loader(torch.float16))
-for _dtype in DTYPE_SUFFIX:
-    register(onnx_name(_dtype), _onnx_loader(_dtype))
-for _bits in BITS:
-    register(f"gptq-int{_bits}", _gptq_loader(f"gptq-int{_bits}"))
-    register(f"rtn-int{_bits}", _gptq_loader(f"rtn-int{_bits}"))  # GPTQModel's round-to-nearest, same format
-register(REMOTE, _remote_loader)  # --model: the served model's id (default: the server's first)
+def _onnx_loader(dtype: str) -> Loader:
+    def load(model, device: str | None = None, artifacts: str | Path | None = None, threads: int | None = None,
+             vision_dtype: str | None = None):
+        from glm4v_edge.runtime.onnx_variant import OnnxVariant
+
+        folder = artifacts or model
+        if folder is None:
+            raise Glm4vEdgeError(f"{onnx_variant(dtype)} needs an artifacts folder made by `glm4v-edge export onnx` "
+                                 "(pass --artifacts FOLDER)")
+        return OnnxVariant(folder, dtype=dtype, vision_dtype=vision_dtype, device=device, threads=threads)
+    return load
+
+
+def _gptq_loader(name: str) -> Loader:
+    def load(model, device: str | None = None, artifacts: str | Path | None = None, threads: int | None = None):
+        from glm4v_edge.runtime.torch_variant import TorchVariant
+
+        if artifacts is not None:
+            model = verified_subfolder(Path(artifacts), name)
+        elif model is None:
+            raise Glm4vEdgeError(f"{name} needs a GPTQ checkpoint: --artifacts FOLDER (made by `glm4v-edge quantize "
+                                 "gptq`) or --model DIR_OR_HUB_ID")
+        _set_threads(threads)
+        return TorchVariant(model, device=device, name=name)
+    return load
+
+
+def _remote_loader(model, device: str | None = None, artifacts: str | Path | None = None,
+                   threads: int | None = None, url: str | None = None, api_key: str | None = None):
+    from glm4v_edge.runtime.remote_variant import RemoteVariant
+
+    url = url or os.environ.get(REMOTE_URL_ENV)
+    if not url:
+        raise Glm4vEdgeError(f"the remote variant needs an endpoint URL: set {REMOTE_URL_ENV} "
+                             "(or `glm4v-edge demo --remote-url`)")
+    return RemoteVariant(url, model=str(model) if model is not None else None, api_key=api_key)
+
+
+register(torch_variant(None), _torch_loader(None))  # fp32 on CPU, bf16 on CUDA
+for _dtype in TORCH_DTYPES:
+    register(torch_variant(_dtype), _torch_loader(_dtype))
+for _dtype in ONNX_DTYPES:
+    register(onnx_variant(_dtype), _onnx_loader(_dtype))
+for _method in GPTQ_METHODS:
+    for _bits in GPTQ_BITS:
+        register(quantized_variant(_method, _bits), _gptq_loader(quantized_variant(_method, _bits)))
+register(REMOTE, _remote_loader, measurable=False,  # --model: the served model's id (default: the server's first)
+         why_not="it streams text from a server (no logits, no stage timings here); benchmark the served "
+                 "variant on the serving machine")

@@ -13,9 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
-from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.openai_format import to_openai_messages
 from glm4v_edge.runtime.variant import Sampling, TokenEvent
 from glm4v_edge.thinking import THINK_CLOSE, THINK_OPEN, ReplyParser
@@ -26,17 +24,13 @@ REMOTE_TOKEN_ID = -1  # the server streams text, not token ids
 class RemoteVariant:
     """A model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint."""
 
-    processor = None  # preprocessing happens on the server
-    artifact_bytes = 0  # nothing on this machine
-    decoder_bytes = 0
-
     def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
                  timeout_s: float = 600.0):
         import openai  # only when a remote endpoint is used
 
         self.base_url = base_url.rstrip("/")
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed", timeout=timeout_s,
-                                    max_retries=0)
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self.served_model = model or self._first_model()
         self.name = "remote"
 
@@ -95,15 +89,6 @@ class RemoteVariant:
         finally:
             stream.close()
 
-    def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
-        raise Glm4vEdgeError("the remote variant streams text only: no logits for fidelity metrics")
-
-    def encode_vision(self, batch: dict[str, Any]) -> None:
-        raise Glm4vEdgeError("the remote variant cannot time the vision encoder on its own")
-
-    def prompt_logits(self, batch: dict[str, Any]) -> np.ndarray:
-        raise Glm4vEdgeError("the remote variant streams text only: no logits")
-
 
 def request_options(sampling: Sampling | None, thinking_budget: int | None) -> dict[str, Any]:
     """Sampling overrides as chat-completions fields; non-OpenAI knobs go in ``extra_body``
@@ -131,5 +116,5 @@ def request_options(sampling: Sampling | None, thinking_budget: int | None) -> d
 
 
 def _reason(error: Exception) -> str:
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
-    return message.splitlines()[0]
+    message = getattr(error, "message", None)
+    return first_line(Exception(message)) if message else first_line(error)

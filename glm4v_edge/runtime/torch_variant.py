@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,9 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from glm4v_edge import checkpoint
-from glm4v_edge.runtime.inputs import build_batch, context_length
-from glm4v_edge.runtime.sampling import ForceBudgetTokens, StopWhenSet, generation_settings
-from glm4v_edge.runtime.thinking_budget import ThinkingBudget
-from glm4v_edge.runtime.variant import ReplyStream, Sampling, TokenEvent
+from glm4v_edge.dims import context_length
+from glm4v_edge.runtime.generation import StopWhenSet, plan_generation
+from glm4v_edge.runtime.variant import Sampling, TokenEvent
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -58,6 +56,8 @@ class TorchVariant:
         self.source = checkpoint.resolve_model(model)
         self.processor = checkpoint.load_processor(self.source)
         self.model = checkpoint.load_model(self.source, dtype=self.dtype, device=self.device)
+        self.config = self.model.config
+        self.context_length = context_length(self.config)
         self.generation_config = checkpoint.load_generation_config(self.source)
         self.tokens = checkpoint.SpecialTokens.from_checkpoint(
             self.model.config, self.processor.tokenizer, self.generation_config
@@ -69,14 +69,6 @@ class TorchVariant:
         weights = list(folder.glob("*.safetensors")) if folder.is_dir() else []
         self.artifact_bytes = sum(f.stat().st_size for f in weights) if weights else tensor_bytes(self.model)
 
-    @property
-    def context_length(self) -> int:
-        return context_length(self.model.config)
-
-    def prepare(self, messages: list[dict]) -> dict[str, torch.Tensor]:
-        batch = build_batch(self.processor, [messages], max_positions=self.context_length)
-        return {k: v.to(self.device) for k, v in batch.items()}
-
     def generate(
         self,
         messages: list[dict],
@@ -86,15 +78,8 @@ class TorchVariant:
         thinking_budget: int | None = None,
         stop: threading.Event | None = None,
     ) -> Iterator[TokenEvent]:
-        started = time.perf_counter()
-        inputs = self.prepare(messages)
-        prompt_length = inputs["input_ids"].shape[1]
-        max_new_tokens = max(1, min(max_new_tokens, self.context_length - prompt_length))
-        budget = ThinkingBudget.for_tokens(thinking_budget, self.tokens)
-        config = generation_settings(self.generation_config, sampling, max_new_tokens, self.tokens.pad)
-        if sampling is not None and sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-
+        plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget)
+        inputs = self._on_device(plan.batch)
         streamer = QueueStreamer()
         halt = threading.Event()  # set when the consumer stops reading
 
@@ -103,8 +88,8 @@ class TorchVariant:
                 with torch.inference_mode():
                     self.model.generate(
                         **inputs,
-                        generation_config=config,
-                        logits_processor=LogitsProcessorList([ForceBudgetTokens(budget, prompt_length)]),
+                        generation_config=plan.config,
+                        logits_processor=LogitsProcessorList([plan.budget_processor]),
                         stopping_criteria=StoppingCriteriaList([StopWhenSet(stop, halt)]),
                         streamer=streamer,
                     )
@@ -114,26 +99,28 @@ class TorchVariant:
 
         worker = threading.Thread(target=run, name=f"{self.name}-generate", daemon=True)
         worker.start()
-        reply = ReplyStream(self.processor.tokenizer, budget, started)
         try:
             while (item := streamer.queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 if item in self.tokens.eos:
                     continue  # the end-of-turn marker is not part of the reply
-                yield reply.event(item)
+                yield plan.reply.event(item)
         finally:
             halt.set()
             worker.join()
 
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
-        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+        inputs = self._on_device(batch)
         with torch.inference_mode():
             logits = self.model(**inputs).logits
         return logits.float().cpu().numpy()
 
     def encode_vision(self, batch: dict[str, Any]) -> None:
-        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+        inputs = self._on_device(batch)
         with torch.inference_mode():
             if "pixel_values" in inputs:
                 self.model.model.get_image_features(inputs["pixel_values"].to(self.dtype), inputs["image_grid_thw"])
@@ -142,7 +129,7 @@ class TorchVariant:
                                                     inputs["video_grid_thw"])
 
     def prompt_logits(self, batch: dict[str, Any]) -> np.ndarray:
-        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+        inputs = self._on_device(batch)
         with torch.inference_mode():
             logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
         return logits.float().cpu().numpy()

@@ -1,22 +1,21 @@
-"""The one interface every variant (torch, ONNX, GPTQ, remote) implements.
+"""The interfaces every variant (torch, ONNX, GPTQ, remote) implements, split by capability.
 
-The benchmark, the CLI and the demo only ever talk to a ``Variant``; they never ask which
-kind it is.
+``Variant``: it answers (``generate`` streams ``TokenEvent``s). The CLI's chat, the demo and
+``serve`` need nothing more. ``MeasurableVariant``: it runs here on its own processor, so the
+benchmark can score it (teacher-forced logits) and time it stage by stage. Callers check the
+capability they need, never which kind of variant they hold.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from glm4v_edge.runtime.detokenize import IncrementalDetokenizer
-from glm4v_edge.runtime.thinking_budget import ThinkingBudget
-from glm4v_edge.thinking import Piece, Reply, ReplyParser
+from glm4v_edge.thinking import Piece, Reply
 
 
 @dataclass(frozen=True)
@@ -49,29 +48,6 @@ class TokenEvent:
     forced: bool = False  # inserted by the thinking budget, not chosen by the model
 
 
-class ReplyStream:
-    """Generated token ids -> ``TokenEvent``s: decoded incrementally, split by the thinking
-    parser, timed from ``started``. Every variant's ``generate`` yields through one."""
-
-    def __init__(self, tokenizer, budget: ThinkingBudget, started: float):
-        self.detokenizer = IncrementalDetokenizer(tokenizer)
-        self.parser = ReplyParser()
-        self.budget = budget
-        self.started = started
-        self.generated: list[int] = []
-
-    def event(self, token_id: int) -> TokenEvent:
-        self.generated.append(token_id)
-        text = self.detokenizer.add(token_id)
-        return TokenEvent(
-            token_id=token_id,
-            text=text,
-            pieces=tuple(self.parser.feed(text)),
-            elapsed_s=time.perf_counter() - self.started,
-            forced=self.budget.was_forced(np.asarray(self.generated)),
-        )
-
-
 @dataclass
 class GenerationResult:
     """Everything a caller usually wants once a stream has ended."""
@@ -84,39 +60,37 @@ class GenerationResult:
 
     @property
     def decode_tokens_per_s(self) -> float | None:
-        """Tokens after the first, per second of decoding (prefill excluded)."""
-        if self.first_token_s is None or len(self.token_ids) < 2:
-            return None
-        decode_s = self.total_s - self.first_token_s
-        return (len(self.token_ids) - 1) / decode_s if decode_s > 0 else None
+        return decode_tokens_per_s(len(self.token_ids), self.first_token_s, self.total_s)
+
+
+def decode_tokens_per_s(tokens: int, first_token_s: float | None, last_token_s: float) -> float | None:
+    """Tokens after the first, per second of decoding (prefill excluded)."""
+    if first_token_s is None or tokens < 2 or last_token_s <= first_token_s:
+        return None
+    return (tokens - 1) / (last_token_s - first_token_s)
 
 
 def collect(events: Iterable[TokenEvent]) -> GenerationResult:
-    """Drain a token stream into a ``GenerationResult``."""
+    """Drain a token stream into a ``GenerationResult`` (the reply from the events' own pieces)."""
     result = GenerationResult()
-    parser = ReplyParser()
-    texts = []
+    texts, pieces = [], []
     for event in events:
         if result.first_token_s is None:
             result.first_token_s = event.elapsed_s
         result.token_ids.append(event.token_id)
         result.total_s = event.elapsed_s
         texts.append(event.text)
-        parser.feed(event.text)
-    parser.finish()
+        pieces += event.pieces
     result.text = "".join(texts)
-    result.reply = parser.reply
+    result.reply = Reply.from_pieces(pieces)
     return result
 
 
 @runtime_checkable
 class Variant(Protocol):
-    """A runnable form of the model. ``messages`` use the transformers chat format."""
+    """A runnable form of the model: it answers. ``messages`` use the transformers chat format."""
 
     name: str
-    processor: Any  # the transformers processor that turns messages into ids and pixels
-    artifact_bytes: int  # size on disk of the files this variant loaded
-    decoder_bytes: int  # weight bytes one decode step reads (decoder layers + lm_head): the bandwidth floor
 
     def generate(
         self,
@@ -130,6 +104,16 @@ class Variant(Protocol):
         """Stream the reply. ``thinking_budget`` N: after N thinking tokens force
         ``</think><answer>``; 0 answers straight away. Setting ``stop`` ends the stream."""
         ...
+
+
+@runtime_checkable
+class MeasurableVariant(Variant, Protocol):
+    """A variant running in this process: it can be scored and timed stage by stage."""
+
+    processor: Any  # the transformers processor that turns messages into ids and pixels
+    context_length: int  # prompt + reply tokens it can hold
+    artifact_bytes: int  # size on disk of the files this variant loaded
+    decoder_bytes: int  # weight bytes one decode step reads (decoder layers + lm_head): the bandwidth floor
 
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
         """Teacher-forced logits (batch, seq, vocab) as float32 for a processor-made batch."""

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    GenerationConfig,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     Glm4vImageProcessor,
     Glm4vProcessor,
     Glm4vVideoProcessor,
-    GenerationConfig,
     PreTrainedTokenizerFast,
 )
 

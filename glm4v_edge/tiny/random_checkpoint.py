@@ -16,9 +16,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def write_random_checkpoint(
-    preset: str, out: Path, dtype: str = "bf16", config_only: bool = False, overwrite: bool = False
+    preset: str, out: Path | None = None, dtype: str = "bf16", config_only: bool = False, overwrite: bool = False
 ) -> Path:
-    """A loadable checkpoint of preset ``preset`` (the tiny model's tokenizer, real pixel budgets)."""
+    """A loadable checkpoint of preset ``preset`` (the tiny model's tokenizer, real pixel budgets) at
+    ``out`` (default: artifacts/random-PRESET)."""
+    out = out or Path(f"artifacts/random-{preset}")
     if preset not in build.PRESETS:
         raise Glm4vEdgeError(f"unknown preset {preset!r}; choose one of: {', '.join(build.PRESETS)}")
     if dtype not in DTYPES:

@@ -16,16 +16,19 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import BatchFeature, Glm4vForConditionalGeneration, Glm4vProcessor
 
+from glm4v_edge import shapes
+from glm4v_edge.files import check_output_folder
 from glm4v_edge.machine import describe_machine
+from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.runtime.inputs import build_batch
 from glm4v_edge.thinking import parse_reply
-from glm4v_edge.tiny import build, task
+from glm4v_edge.tiny import build
 from glm4v_edge.tiny.token_targets import TokenHead, batch_token_labels
 
 END_OF_TURN = "<|user|>"  # the token the real model ends its turn with
@@ -77,7 +80,7 @@ class TrainResult:
 def tokenizer_corpus(count: int = 4000) -> list[str]:
     """Every word the task can write or ask, from the train split."""
     texts = []
-    for sample in task.make_samples("train", count):
+    for sample in shapes.make_samples(shapes.TRAIN_SPLIT, count):
         texts += [sample.question, sample.target()]
     return texts
 
@@ -110,17 +113,17 @@ class BatchMaker:
 
     def indices(self, modality: str, count: int) -> list[int]:
         """Successive train-split indices whose question is of this modality."""
-        motion = task.QUESTION_TYPES.index("motion")
+        motion = shapes.QUESTION_TYPES.index("motion")
         found = []
         i = self.next_index[modality]
         while len(found) < count:
-            if (i % len(task.QUESTION_TYPES) == motion) == (modality == "video"):
+            if (i % len(shapes.QUESTION_TYPES) == motion) == (modality == "video"):
                 found.append(i)
             i += 1
         self.next_index[modality] = i
         return found
 
-    def encode(self, samples: list[task.Sample], thinking: list[bool]) -> BatchFeature:
+    def encode(self, samples: list[shapes.Sample], thinking: list[bool]) -> BatchFeature:
         replies = [s.target(with_thinking=t) + END_OF_TURN for s, t in zip(samples, thinking)]
         batch = build_batch(self.processor, [s.messages() for s in samples], continuations=replies)
         # Loss only on the reply: everything after "<|assistant|>\n".
@@ -132,16 +135,18 @@ class BatchMaker:
         batch["labels"] = labels
         return batch
 
-    def train_batch(self, step: int, settings: TrainSettings) -> tuple[BatchFeature, list[task.Sample]]:
-        modality = "video" if step % len(task.QUESTION_TYPES) == 0 else "image"
+    def train_batch(self, step: int, settings: TrainSettings) -> tuple[BatchFeature, list[shapes.Sample]]:
+        modality = "video" if step % len(shapes.QUESTION_TYPES) == 0 else "image"
         level = min(1.0, step / max(1.0, settings.curriculum_fraction * settings.steps))
-        difficulty = task.Difficulty(level)
-        samples = [task.make_sample("train", i, difficulty) for i in self.indices(modality, settings.batch_size)]
+        difficulty = shapes.Difficulty(level)
+        indices = self.indices(modality, settings.batch_size)
+        samples = [shapes.make_sample(shapes.TRAIN_SPLIT, i, difficulty) for i in indices]
         thinking = [self.rng.random() >= settings.no_thinking_fraction for _ in samples]
         return self.encode(samples, thinking), samples
 
 
-def probe_accuracy(model: Glm4vForConditionalGeneration, processor: Glm4vProcessor, samples: list[task.Sample]) -> float:
+def probe_accuracy(model: Glm4vForConditionalGeneration, processor: Glm4vProcessor,
+                   samples: list[shapes.Sample]) -> float:
     """Greedy exact match on a small probe set (batched generate, images and videos apart)."""
     was_training = model.training
     model.eval()
@@ -169,7 +174,7 @@ def learning_rate_at(step: int, settings: TrainSettings) -> float:
 
 def training_loss(
     model: Glm4vForConditionalGeneration, head: TokenHead, batch: BatchFeature,
-    samples: list[task.Sample], aux_weight: float,
+    samples: list[shapes.Sample], aux_weight: float,
 ) -> torch.Tensor:
     """Language-model loss, plus the per-token object loss on the vision tower's output."""
     inputs = dict(batch)
@@ -205,7 +210,7 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_at(step, settings))
     batches = BatchMaker(processor, settings.seed)
-    probe = task.make_samples("probe", 40)
+    probe = shapes.make_samples("probe", 40)
 
     probes: list[TrainState] = []
     started = time.perf_counter()
@@ -229,6 +234,29 @@ def train(
 
     model.eval()
     return TrainResult(model.to("cpu"), processor, settings, probes, time.perf_counter() - started)
+
+
+def train_and_save(out: Path, *, steps: int | None = None, batch_size: int | None = None, seed: int = 0,
+                   device: str = "cpu", threads: int | None = None, overwrite: bool = False,
+                   progress: Progress = SILENT) -> TrainResult:
+    """``glm4v-edge tiny train``: the recipe (with the given overrides), then the checkpoint at ``out``."""
+    check_output_folder(out, overwrite)  # before training, not after an hour of it
+    if threads:
+        torch.set_num_threads(threads)
+    settings = TrainSettings(seed=seed, device=device)
+    settings = replace(settings, steps=steps or settings.steps, batch_size=batch_size or settings.batch_size)
+    progress.start("training", settings.steps)
+    accuracy = "-"
+
+    def on_step(state: TrainState) -> None:
+        nonlocal accuracy
+        if state.probe_accuracy is not None:
+            accuracy = f"{state.probe_accuracy:.0%}"
+        progress.step(f"loss {state.loss:.3f} · probe {accuracy}")
+
+    result = train(settings, on_step=on_step)
+    save_trained(result, out, overwrite=overwrite)
+    return result
 
 
 def save_trained(result: TrainResult, out: Path, overwrite: bool) -> Path:

@@ -1,4 +1,7 @@
-"""The tiny model's task: procedurally generated questions about coloured shapes.
+"""The shapes task: procedurally generated questions about coloured shapes.
+
+The embedded tiny model is trained on it; any GLM-4.1V can be asked its questions (parity,
+calibration and the benchmark use them as fixed, verifiable prompts).
 
 Every sample is a deterministic function of (split, index): the same seed gives the same
 images, question and target on every machine. The train and held-out splits draw from
@@ -19,12 +22,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.media import Video
-from glm4v_edge.runtime.inputs import user_message
+from glm4v_edge.messages import user_message
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -36,6 +41,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
 QUESTION_TYPES = ("count", "color", "shape", "two_images", "motion")
+TRAIN_SPLIT, HELDOUT_SPLIT = "train", "heldout"
 MAX_SHAPES = 4
 VIDEO_FPS = 2.0
 VIDEO_FRAMES = 4
@@ -114,6 +120,11 @@ def make_sample(split: str, index: int, difficulty: Difficulty = Difficulty()) -
 
 def make_samples(split: str, count: int, start: int = 0) -> list[Sample]:
     return [make_sample(split, i) for i in range(start, start + count)]
+
+
+def heldout(qtype: str, index: int = 0) -> Sample:
+    """The ``index``-th held-out sample of one question type."""
+    return make_sample(HELDOUT_SPLIT, QUESTION_TYPES.index(qtype) + index * len(QUESTION_TYPES))
 
 
 # --- drawing -------------------------------------------------------------------------------
@@ -306,3 +317,44 @@ QUESTION_MAKERS = {
     "two_images": make_two_images,
     "motion": make_motion,
 }
+
+
+# --- media files -----------------------------------------------------------------------------
+
+
+def write_video(video: Video, path: Path) -> Path:
+    """H.264 MP4 at the video's fps (frames cropped to even sizes, as yuv420p needs)."""
+    import av
+
+    frames = video.frames
+    height, width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+    tmp = path.with_name(f".{path.name}.partial.mp4")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=int(video.metadata.fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "12"}
+        for frame in frames:
+            packet_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width]), format="rgb24")
+            container.mux(stream.encode(packet_frame))
+        container.mux(stream.encode())
+    tmp.replace(path)
+    return path
+
+
+def write_sample(out: Path, qtype: str, index: int = 0) -> tuple[Sample, list[Path]]:
+    """The ``index``-th held-out sample of ``qtype``, its media written under ``out``."""
+    if qtype not in QUESTION_TYPES:
+        raise Glm4vEdgeError(f"unknown question type {qtype!r}; choose one of: {', '.join(QUESTION_TYPES)}")
+    sample = heldout(qtype, index)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for number, image in enumerate(sample.images, 1):
+        suffix = f"-{number}" if len(sample.images) > 1 else ""
+        path = out / f"{qtype}-{index}{suffix}.png"
+        tmp = path.with_name(f".{path.name}.partial.png")
+        image.save(tmp)
+        tmp.replace(path)
+        files.append(path)
+    if sample.video is not None:
+        files.append(write_video(sample.video, out / f"{qtype}-{index}.mp4"))
+    return sample, files

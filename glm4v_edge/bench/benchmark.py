@@ -1,0 +1,72 @@
+"""One ``glm4v-edge bench`` run: the settings checked and completed, every variant measured in
+its own process, the report written."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from glm4v_edge.bench.settings import BASELINES, PROMPT_SET_NAMES, BenchSettings
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.progress import SILENT, Progress
+
+EMBEDDED_TASK_QUESTIONS = 100  # the shapes task only means something to the embedded model
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What will run, decided before anything is loaded."""
+
+    baseline: str
+    variants: list[str]  # the others, in order
+    device: str
+    task_questions: int
+
+
+def plan_bench(settings: BenchSettings) -> BenchPlan:
+    """Check every choice up front (a bad name fails in one line, before any process starts)."""
+    from glm4v_edge.checkpoint import default_device
+    from glm4v_edge.runtime.registry import built_variants, check_measurable
+
+    if settings.prompts not in PROMPT_SET_NAMES:
+        raise Glm4vEdgeError(f"unknown prompt set {settings.prompts!r}; choose {', '.join(PROMPT_SET_NAMES)}")
+    device = settings.device or default_device()
+    baseline = settings.baseline or ("torch-bf16" if device.startswith("cuda") else "torch-fp32")
+    if baseline not in BASELINES:
+        raise Glm4vEdgeError(f"--baseline must be {', '.join(BASELINES)}, not {baseline!r}")
+    if settings.variants == "all":
+        chosen = built_variants(settings.artifacts)
+    else:
+        chosen = [name.strip() for name in settings.variants.split(",") if name.strip()]
+    check_measurable([baseline, *chosen])
+    task_questions = settings.task_questions
+    if task_questions is None:
+        task_questions = EMBEDDED_TASK_QUESTIONS if settings.model is None else 0
+    return BenchPlan(baseline, [name for name in chosen if name != baseline], device, task_questions)
+
+
+def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dict, list[Path]]:
+    """Measure every variant against the baseline; return the record and the files written."""
+    from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs, default_threads
+    from glm4v_edge.bench.report import build_record, write_report
+    from glm4v_edge.bench.runner import Job, run_benchmark
+    from glm4v_edge.machine import describe_machine
+
+    plan = plan_bench(settings)
+    progress.start("bench", 2 + len(plan.variants))
+    progress.step("measuring memory bandwidth")
+    copy_threads = settings.threads or default_threads()  # the threads the variants run on
+    bandwidth = copy_bandwidth_gbs(plan.device, threads=copy_threads)
+    job = Job(variant=plan.baseline, model=settings.model, artifacts=str(settings.artifacts), device=plan.device,
+              threads=settings.threads, prompt_set=settings.prompts, runs=settings.runs,
+              task_questions=plan.task_questions, fidelity_prompts=settings.fidelity_prompts,
+              public_set=str(settings.public_set) if settings.public_set else None,
+              public_limit=settings.public_limit)
+    results = run_benchmark(job, plan.variants, progress)
+    recorded = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()}
+    recorded.update(model=settings.model or "embedded tiny model", device=plan.device,
+                    task_questions=plan.task_questions, isolation="each variant in its own spawned process")
+    machine = {**describe_machine(), "copy_bandwidth_threads": copy_threads}
+    record = build_record(settings.name or Path(settings.artifacts).name, recorded, machine, bandwidth, results,
+                          plan.baseline)
+    return record, write_report(record, settings.results_folder)

@@ -1,0 +1,31 @@
+"""What ``glm4v-edge bench`` measures, with its defaults in one place (no heavy imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BASELINES = ("torch-fp32", "torch-fp16", "torch-bf16")
+PROMPT_SET_NAMES = ("standard", "quick", "none")  # none: accuracy only, no latency
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    artifacts: Path
+    model: str | None = None  # the source checkpoint (None: the embedded tiny model)
+    variants: str = "all"  # what the artifacts hold, or a comma-separated list
+    baseline: str | None = None  # None: torch-fp32 on CPU, torch-bf16 on CUDA
+    prompts: str = "standard"
+    runs: int = 5  # timed runs per stage after one warm-up
+    task_questions: int | None = None  # None: 100 for the embedded model, 0 otherwise
+    fidelity_prompts: int = 0  # held-out shapes prompts added to the four parity prompts
+    public_set: Path | None = None
+    public_limit: int | None = None
+    device: str | None = None
+    threads: int | None = None
+    out: Path | None = None  # None: <artifacts>/bench (committed evidence is written on purpose)
+    name: str | None = None  # None: the artifacts folder's name
+
+    @property
+    def results_folder(self) -> Path:
+        return self.out if self.out is not None else self.artifacts / "bench"

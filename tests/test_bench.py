@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ datasets = pytest.importorskip("datasets")
 
 def bench(artifacts: Path, *extra: str):
     return run_cli("bench", "--artifacts", str(artifacts), "--prompts", "quick", "--runs", "1",
-                   "--task-questions", "5", *extra)
+                   "--task-questions", "3", *extra)
 
 
 def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(artifacts, tmp_path):
@@ -48,7 +49,7 @@ def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(ar
         assert row["size_mb"] > 0 and row["peak_rss_mib"] > 0 and row["task_accuracy"] is not None
     fp32 = record["summary"]["onnx-fp32"]
     assert fp32["top1_agreement"] == 1.0 and fp32["identical_replies"] == "6/6"  # same weights as the baseline
-    assert fp32["task_replies_identical"] == 5 and fp32["decode_speedup"] is not None
+    assert fp32["task_replies_identical"] == 3 and fp32["decode_speedup"] is not None
     assert record["machine"]["copy_bandwidth_gbs"] > 0 and record["machine"]["copy_bandwidth_threads"] >= 1
     latency = record["results"]["onnx-fp32"]["latency"]
     assert set(latency) == {"vision", "prefill", "time_to_first_token", "decode"}
@@ -61,12 +62,22 @@ def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(ar
             assert image.size[0] > 100
 
 
-def test_accuracy_only_run(artifacts, tmp_path):
-    result = bench(artifacts, "--variants", "onnx-q4", "--prompts", "none", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    record = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert record["results"]["onnx-q4"]["latency"] is None
-    assert record["summary"]["onnx-q4"]["task_accuracy"] is not None and record["summary"]["onnx-q4"]["mean_kl"] >= 0
+def test_accuracy_only_job_has_no_latency_and_reports(artifacts, tmp_path):
+    """``--prompts none``: measured in this process here (the isolation is tested above)."""
+    from glm4v_edge.bench.report import build_record, markdown
+    from glm4v_edge.bench.runner import Job, measure
+
+    job = Job(variant="onnx-q4", model=None, artifacts=str(artifacts), device="cpu", threads=None,
+              prompt_set="none", task_questions=2)
+    baseline = measure(replace(job, variant="torch-fp32"))
+    result = measure(replace(job, references=baseline.pop("references")))
+    assert result["latency"] is None and result["task"]["samples"] == 2
+    assert result["task"]["replies_identical_to_baseline"] <= 2 and result["fidelity"]["prompts"] == 4
+    record = build_record("accuracy-only", {"runs": 1}, {"cpu": "test", "copy_bandwidth_threads": 1}, 10.0,
+                          {"torch-fp32": baseline, "onnx-q4": result}, "torch-fp32")
+    row = record["summary"]["onnx-q4"]
+    assert row["decode_ms"] is None and row["task_accuracy"] is not None and row["mean_kl"] >= 0
+    assert "| onnx-q4 |" in markdown(record)
 
 
 def test_unknown_and_unscorable_variants_are_refused_before_starting(artifacts, tmp_path):

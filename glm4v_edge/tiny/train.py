@@ -194,6 +194,7 @@ def train(
     settings: TrainSettings,
     on_step: Callable[[TrainState], None] | None = None,
     probe_every: int = 250,
+    probe_samples: int = 40,
 ) -> TrainResult:
     model, processor = build_untrained(settings.seed)
     model.to(settings.device).train()
@@ -210,7 +211,7 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_at(step, settings))
     batches = BatchMaker(processor, settings.seed)
-    probe = shapes.make_samples("probe", 40)
+    probe = shapes.make_samples("probe", probe_samples)
 
     probes: list[TrainState] = []
     started = time.perf_counter()

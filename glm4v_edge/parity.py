@@ -7,6 +7,8 @@ KL(reference || variant) of next-token distributions.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -107,3 +109,30 @@ def prompt_parity(run: ReferenceRun, candidate: MeasurableVariant, new_tokens: i
 def measure_parity(runs: dict[str, ReferenceRun], candidate: MeasurableVariant) -> dict[str, dict]:
     """Parity per prompt name, as plain dicts for the manifest."""
     return {name: asdict(prompt_parity(run, candidate)) for name, run in runs.items()}
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    reference: str  # the reference variant's name, e.g. torch-fp32
+    results: dict[str, dict[str, dict]]  # candidate label -> prompt -> PromptParity as a dict
+
+
+def measure_against_reference(load_reference: Callable[[], MeasurableVariant],
+                              candidates: dict[str, Callable[[], MeasurableVariant]],
+                              on_candidate: Callable[[str], None] = lambda label: None) -> ParityReport:
+    """Parity of each candidate against one reference, never two models in memory: the reference's
+    replies and logits are computed first, the reference is freed, then each candidate is loaded,
+    measured and freed in turn. ``on_candidate`` hears each label as its measurement starts."""
+    reference = load_reference()
+    runs = {name: reference_run(reference, messages) for name, messages in parity_prompts().items()}
+    name = reference.name
+    del reference
+    gc.collect()
+    results = {}
+    for label, load in candidates.items():
+        on_candidate(label)
+        candidate = load()
+        results[label] = measure_parity(runs, candidate)
+        del candidate
+        gc.collect()
+    return ParityReport(name, results)

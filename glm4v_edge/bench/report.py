@@ -96,6 +96,10 @@ def task_cell(row: dict) -> str:
     return _fmt(row["task_accuracy"], ".1%") + ("" if same is None else f" ({same})")
 
 
+def measured_latency(record: dict) -> bool:
+    return any(row.get("decode_ms") is not None for row in record["summary"].values())
+
+
 def markdown(record: dict) -> str:
     summary, baseline = record["summary"], record["baseline"]
     stages = [key[:-3] for key in next((r for r in summary.values() if r["status"] == "ok"), {}) if
@@ -108,10 +112,12 @@ def markdown(record: dict) -> str:
         f"torch threads {machine.get('torch_threads')} · copy bandwidth {machine['copy_bandwidth_gbs']} GB/s "
         f"on {machine.get('copy_bandwidth_threads', 1)} threads. "
         f"Baseline: **{baseline}**; speed-ups (x) are baseline time / variant time, measured in this run, "
-        f"each variant in its own process. Medians over {record['settings'].get('runs')} runs.",
+        "each variant in its own process. "
+        + (f"Medians over {record['settings'].get('runs')} runs." if measured_latency(record) else
+           "Accuracy only: no latency measured (prompt set none)."),
         "",
-        "| variant | size MB | load s | " + " | ".join(f"{s.replace(':', ' ')} ms" for s in stages)
-        + " | TTFT ms | decode ms/token (p90) | tok/s | floor ms/token | peak RSS MiB | mean KL | top-1 | greedy match"
+        "| variant | size MB | load s | " + "".join(f"{s.replace(':', ' ')} ms | " for s in stages)
+        + "TTFT ms | decode ms/token (p90) | tok/s | floor ms/token | peak RSS MiB | mean KL | top-1 | greedy match"
         " | identical replies | task acc (same replies) | public acc |",
         "|---" * (14 + len(stages)) + "|",
     ]
@@ -140,6 +146,28 @@ def plots(record: dict, stem: Path) -> list[Path]:
 
     rows = {name: row for name, row in record["summary"].items() if row["status"] == "ok"}
     names = list(rows)
+    written = [] if not measured_latency(record) else _latency_plots(record, rows, stem)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name in names:
+        accuracy = rows[name]["task_accuracy"]
+        if accuracy is None:
+            accuracy = rows[name]["top1_agreement"]
+        if accuracy is None:
+            accuracy = 1.0  # the baseline agrees with itself
+        axis.scatter(rows[name]["size_mb"], 100 * accuracy)
+        axis.annotate(name, (rows[name]["size_mb"], 100 * accuracy), fontsize=7)
+    axis.set_xlabel("size on disk (MB)")
+    axis.set_ylabel("task accuracy (%), else top-1 agreement with baseline")
+    axis.set_title("accuracy vs size")
+    figure.tight_layout()
+    written.append(_save(figure, stem.with_name(stem.name + "-accuracy-vs-size.png")))
+    return written
+
+
+def _latency_plots(record: dict, rows: dict[str, dict], stem: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
     written = []
     stages = [key[:-3] for key in next(iter(rows.values()), {}) if key.endswith("_ms") and ":" in key]
     stages += ["ttft", "decode"]
@@ -165,21 +193,6 @@ def plots(record: dict, stem: Path) -> list[Path]:
     axis.set_title("decode speed vs memory")
     figure.tight_layout()
     written.append(_save(figure, stem.with_name(stem.name + "-decode-vs-memory.png")))
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name in names:
-        accuracy = rows[name]["task_accuracy"]
-        if accuracy is None:
-            accuracy = rows[name]["top1_agreement"]
-        if accuracy is None:
-            accuracy = 1.0  # the baseline agrees with itself
-        axis.scatter(rows[name]["size_mb"], 100 * accuracy)
-        axis.annotate(name, (rows[name]["size_mb"], 100 * accuracy), fontsize=7)
-    axis.set_xlabel("size on disk (MB)")
-    axis.set_ylabel("task accuracy (%), else top-1 agreement with baseline")
-    axis.set_title("accuracy vs size")
-    figure.tight_layout()
-    written.append(_save(figure, stem.with_name(stem.name + "-accuracy-vs-size.png")))
     return written
 
 

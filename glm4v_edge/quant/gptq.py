@@ -26,7 +26,7 @@ from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import describe_machine
 from glm4v_edge.manifest import record_variant
-from glm4v_edge.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
+from glm4v_edge.parity import NEW_TOKENS, measure_against_reference
 from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.provenance import source_record, tool_versions
 from glm4v_edge.quant.calibration import CalibrationSample, calibration_samples
@@ -149,26 +149,29 @@ def quantize_gptq(
     layers = config.text_config.num_hidden_layers
     progress.start(settings.variant, 4 + (settings.method == "gptq") + layers)
 
-    progress.step("loading the source checkpoint")
-    reference = TorchVariant(source, dtype=dtype, device=device, name=f"source-{str(dtype).removeprefix('torch.')}")
+    # The parent holds only the processor while GPTQModel's child quantizes (layer by layer, its
+    # weights read lazily from the checkpoint): never two copies of the model at once.
+    progress.step("loading the processor")
+    processor = checkpoint.load_processor(source)
     samples: list[CalibrationSample] = []
     if settings.method == "gptq":
         progress.step("preparing calibration prompts")
         samples = calibration_samples(calibration_data, settings.calibration,
                                       embedded=model is None, warn=progress.warn)
-    batches = [sample.batch(reference.processor) for sample in samples]
+    batches = [sample.batch(processor) for sample in samples]
 
     with atomic_directory(out, overwrite) as staging:
         run_gptqmodel(source, settings, dtype, device, batches, staging, layers, progress)
         fuse_gate_up(staging)
         with checkpoint.quiet_transformers():
-            reference.processor.save_pretrained(staging)
-            reference.generation_config.save_pretrained(staging)
+            processor.save_pretrained(staging)
+            checkpoint.load_generation_config(source).save_pretrained(staging)
 
         progress.step("parity against the source")
-        runs = {name: reference_run(reference, messages) for name, messages in parity_prompts().items()}
-        quantized = TorchVariant(staging, dtype=dtype, device=device, name=settings.variant)
-        parity = measure_parity(runs, quantized)
+        source_name = f"source-{str(dtype).removeprefix('torch.')}"
+        parity = measure_against_reference(
+            lambda: TorchVariant(source, dtype=dtype, device=device, name=source_name),
+            {settings.variant: lambda: TorchVariant(staging, dtype=dtype, device=device, name=settings.variant)})
         entry = {
             "kind": "gptq",
             "folder": out.name,
@@ -182,12 +185,12 @@ def quantize_gptq(
                 "source": str(calibration_data or ("embedded task" if model is None else "built-in")),
                 "samples": [sample.record(int(batch["input_ids"].shape[1])) for sample, batch in zip(samples, batches)],
             },
-            "parity": {"reference": reference.name, "new_tokens": NEW_TOKENS, "results": parity},
+            "parity": {"reference": parity.reference, "new_tokens": NEW_TOKENS,
+                       "results": parity.results[settings.variant]},
             "seconds": round(time.perf_counter() - started, 1),
             "tools": tool_versions(extra=("gptqmodel", "optimum")),
             "machine": describe_machine(),
         }
-        del quantized
     progress.step("writing manifest.json")
     return record_variant(out, settings.variant, entry)
 

@@ -6,6 +6,7 @@ The embedded tiny model goes through exactly the same ``from_pretrained`` calls 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -57,15 +58,52 @@ def resolve_model(model: str | Path | None) -> str:
 def _hub_error(model: str, error: Exception) -> Glm4vEdgeError:
     if Path(model).is_dir():
         return Glm4vEdgeError(f"cannot load checkpoint {model}: {first_line(error)}")
-    return Glm4vEdgeError(
-        f"cannot load '{model}' from the Hugging Face hub: it is unreachable (offline?) and not in the local "
-        "cache; download it on a connected machine or pass a local folder with --model"
-    )
+    return Glm4vEdgeError(f"cannot load '{model}' from the Hugging Face hub: {first_line(error)}")
+
+
+@functools.cache
+def check_hub_model(repo_id: str) -> None:
+    """One quick request for the checkpoint's config.json, so that a hub problem is named in one
+    line within ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default) instead of after the download
+    client's retries. A checkpoint already in the local cache needs no request (offline use)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise Glm4vEdgeError(f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                             "download it on a connected machine or pass a local folder with --model")
+    timeout = constants.HF_HUB_ETAG_TIMEOUT
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=timeout)
+    except GatedRepoError:
+        raise Glm4vEdgeError(f"'{repo_id}' is gated on the Hugging Face hub: accept its terms on its page, then "
+                             "log in (`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise Glm4vEdgeError(f"no model '{repo_id}' on the Hugging Face hub: check the id (a private repo also "
+                             "needs a token: HF_TOKEN)") from None
+    except EntryNotFoundError:
+        raise Glm4vEdgeError(f"'{repo_id}' has no config.json: not a transformers checkpoint") from None
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        if status in (401, 403):
+            raise Glm4vEdgeError(f"not authorised to read '{repo_id}' (HTTP {status}): set HF_TOKEN or run "
+                                 "`hf auth login`") from None
+        raise Glm4vEdgeError(f"the Hugging Face hub answered HTTP {status} for '{repo_id}'") from None
+    except Exception as error:  # the HTTP client's own connection and timeout errors
+        if any("Timeout" in kind.__name__ for kind in type(error).__mro__):
+            raise Glm4vEdgeError(f"the Hugging Face hub did not answer within {timeout:g} s for '{repo_id}' "
+                                 "(HF_HUB_ETAG_TIMEOUT sets the wait)") from None
+        raise Glm4vEdgeError(f"cannot reach the Hugging Face hub for '{repo_id}' ({first_line(error)}): offline? "
+                             "Pass a local folder with --model, or set HF_HUB_OFFLINE=1 to use the cache") from None
 
 
 def load_config(model: str | Path | None = None):
     """The checkpoint's config, refusing anything that is not GLM-4.1V."""
     name = resolve_model(model)
+    if not Path(name).is_dir():
+        check_hub_model(name)
     try:
         raw, _ = PretrainedConfig.get_config_dict(name)  # the JSON only: no class, no validation yet
     except (OSError, ValueError) as error:

@@ -28,8 +28,10 @@ def user_message(text: str, images: list[Any] = (), video: Any = None) -> dict:
 
 
 def answer_message(text: str) -> dict:
-    """An assistant turn as it goes back into the history: the answer only, never the thinking."""
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+    """An assistant turn as it goes back into the history: the answer only, never the thinking.
+    A plain string: GLM's chat template prints an assistant's content as it is (a list of parts
+    would appear as its Python repr)."""
+    return {"role": "assistant", "content": text}
 
 
 def media_kind(part: dict) -> str | None:

@@ -89,7 +89,8 @@ def decode_data_url(url: str) -> tuple[bytes, str]:
 def from_openai_messages(messages: list[dict], folder: Path) -> list[dict]:
     """OpenAI chat messages -> transformers-format messages; media written as files under ``folder``.
 
-    Assistant turns keep only their text (clients send back what they were given).
+    Assistant and system turns keep only their text, as a plain string (GLM's chat template prints
+    their content as it is).
     """
     converted = []
     for number, message in enumerate(messages):
@@ -98,14 +99,15 @@ def from_openai_messages(messages: list[dict], folder: Path) -> list[dict]:
             raise Glm4vEdgeError(f"message {number}: unsupported role {role!r}")
         if content is None:
             content = ""
-        if isinstance(content, str):
-            converted.append({"role": role, "content": content if role == "system" else
-                              [{"type": "text", "text": content}]})
-            continue
-        if not isinstance(content, list):
+        if not isinstance(content, (str, list)):
             raise Glm4vEdgeError(f"message {number}: content must be a string or a list of parts")
-        if role == "system":  # the template prints a list of parts as its repr: keep system prompts plain
-            converted.append({"role": role, "content": "".join(p.get("text", "") for p in content)})
+        if role != "user":
+            text = content if isinstance(content, str) else "".join(
+                part.get("text", "") for part in content if isinstance(part, dict))
+            converted.append({"role": role, "content": text})
+            continue
+        if isinstance(content, str):
+            converted.append({"role": role, "content": [{"type": "text", "text": content}]})
             continue
         parts = []
         for part_number, part in enumerate(content):

@@ -73,3 +73,12 @@ def test_special_tokens_are_single_tokens(tiny_processor):
                   "<think>", "</think>", "<answer>", "</answer>", "<|begin_of_box|>", "<|end_of_box|>",
                   "<|endoftext|>"):
         assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1, token
+
+
+def test_an_answer_in_the_history_is_rendered_as_text(tiny_processor):
+    """GLM's template prints an assistant's content as it is: the history holds plain strings."""
+    from glm4v_edge.messages import answer_message, user_message
+
+    text = tiny_processor.apply_chat_template([user_message("Hi"), answer_message("3"), user_message("And?")],
+                                              tokenize=False, add_generation_prompt=True)
+    assert "<|assistant|>\n3" in text and "'type'" not in text

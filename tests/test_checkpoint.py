@@ -1,6 +1,10 @@
 """Loading: the embedded model goes through the same from_pretrained path as a hub id."""
 
 import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -66,9 +70,75 @@ def test_folder_of_another_architecture(tmp_path):
     assert_one_line_error(run_cli("chat", "Hi", "--model", str(tmp_path)), "'llama' checkpoint", "glm4v")
 
 
-def test_hub_id_unreachable_offline():
+def test_hub_id_not_cached_with_hub_offline_mode():
     result = run_cli("chat", "Hi", "--model", checkpoint.HUB_ID)
-    assert_one_line_error(result, checkpoint.HUB_ID, "unreachable")
+    assert_one_line_error(result, checkpoint.HUB_ID, "not in the local Hugging Face cache", "HF_HUB_OFFLINE")
+
+
+class HubLike(BaseHTTPRequestHandler):
+    """Answers the hub's file-metadata request for config.json the way huggingface.co does for a
+    missing, a gated and a forbidden repository; the slow one never answers in time."""
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        repo = self.path.split("/resolve/")[0].strip("/")
+        answers = {"org/missing": (404, "RepoNotFound"), "org/gated": (401, "GatedRepo"), "org/forbidden": (403, None)}
+        if repo == "org/slow":
+            time.sleep(3)
+        status, code = answers.get(repo, (500, None))
+        self.send_response(status)
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, *args):
+        pass
+
+
+def point_hub_at(monkeypatch, endpoint: str) -> None:
+    """What HF_ENDPOINT sets when huggingface_hub is imported."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A local endpoint in the hub's place (HF_ENDPOINT), hub access on, a 1 s wait."""
+    from huggingface_hub import constants
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HubLike)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    point_hub_at(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    yield constants
+    server.shutdown()
+
+
+@pytest.mark.parametrize("repo, fragment", [
+    ("org/missing", "no model 'org/missing' on the Hugging Face hub"),
+    ("org/gated", "is gated"),
+    ("org/forbidden", "not authorised to read 'org/forbidden' (HTTP 403)"),
+    ("org/slow", "did not answer within 1 s"),
+])
+def test_each_hub_failure_has_its_own_one_line_error(hub, repo, fragment):
+    started = time.perf_counter()
+    assert_one_line_error(run_cli("chat", "Hi", "--model", repo), repo, fragment)
+    assert time.perf_counter() - started < 8  # one request, no retry loop
+
+
+def test_unreachable_hub_is_a_quick_offline_error(hub, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    point_hub_at(monkeypatch, f"http://127.0.0.1:{closed}")
+    started = time.perf_counter()
+    assert_one_line_error(run_cli("chat", "Hi", "--model", "org/anything"), "cannot reach the Hugging Face hub",
+                          "offline?")
+    assert time.perf_counter() - started < 8
 
 
 def test_hub_ids_and_paths_are_told_apart(tmp_path):

@@ -5,7 +5,10 @@ The demo runs for real on a free loopback port; nothing of Gradio is mocked.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +24,7 @@ from glm4v_edge.demo.reply_view import THINKING_TITLE, ReplyView
 from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.demo.ui import launch_demo
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.messages import user_message
+from glm4v_edge.messages import answer_message, user_message
 from glm4v_edge.runtime.variant import Sampling, TokenEvent, collect
 from glm4v_edge.thinking import ReplyParser, history_text
 from tests.conftest import assert_one_line_error, run_cli
@@ -96,8 +99,7 @@ def test_multi_turn_sends_back_answers_only(demo_url, tiny_variant):
     turn_one = [user_message(first.question, images=list(first.files))]
     answer_one = history_text(collect(tiny_variant.generate(turn_one, max_new_tokens=256,
                                                             sampling=Sampling.greedy())).reply)
-    history = [*turn_one, {"role": "assistant", "content": [{"type": "text", "text": answer_one}]},
-               user_message(second.question, images=list(second.files))]
+    history = [*turn_one, answer_message(answer_one), user_message(second.question, images=list(second.files))]
     expected = collect(tiny_variant.generate(history, max_new_tokens=256, sampling=Sampling.greedy()))
     shown = assistant_parts(chat)[1].split("<sub>")[0]
     assert shown.replace("<mark>", "").replace("</mark>", "").strip() == expected.reply.answer
@@ -116,6 +118,26 @@ def test_stop_ends_generation_mid_reply(demo_url):
     assert "stopped" in answer and "remote" in answer
     tokens = int(answer.rsplit(" tokens", 1)[0].rsplit("·", 1)[1])
     assert tokens < 4000
+
+
+def test_stop_cancels_a_request_still_waiting_for_its_variant(demo_url):
+    """One slot per variant: the second chat waits (and says so); Stop drops it before it runs."""
+    first, second = Client(demo_url, verbose=False), Client(demo_url, verbose=False)
+    running = first.submit({"text": "Talk.", "files": []}, [], "remote", "", 8192, 4000, 0.0, 1.0, api_name="/chat")
+    deadline = time.monotonic() + 120
+    while len(running.outputs()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    waiting = second.submit({"text": "Talk.", "files": []}, [], "remote", "", 8192, 4000, 0.0, 1.0, api_name="/chat")
+    while not waiting.outputs() or "waiting for remote" not in str(waiting.outputs()[-1]):
+        assert time.monotonic() < deadline, waiting.outputs()
+        time.sleep(0.1)
+    second.predict(api_name="/stop")
+    chat, _ = waiting.result(timeout=60)
+    assert not running.done()  # it stopped while the first still held the slot
+    _, answer = assistant_parts(chat)
+    assert "no tokens" in answer and "stopped" in answer
+    first.predict(api_name="/stop")
+    running.result(timeout=120)
 
 
 @pytest.fixture
@@ -237,11 +259,42 @@ def test_catalog_offers_what_a_build_holds_and_starts_on_q4(tmp_path):
     catalog = VariantCatalog(DemoSettings(artifacts=tmp_path))
     assert catalog.names() == ["torch", "onnx-fp32", "onnx-q4", "gptq-int4"]
     assert catalog.default_name() == "onnx-q4"
-    assert catalog.max_concurrency == 4
     with pytest.raises(Glm4vEdgeError, match="not available here"):
         VariantCatalog(DemoSettings(artifacts=tmp_path, variant="onnx-int8")).default_name()
     with pytest.raises(Glm4vEdgeError, match="artifacts folder not found"):
         VariantCatalog(DemoSettings(artifacts=tmp_path / "missing")).names()
+
+
+def test_catalog_hides_variants_whose_packages_are_missing(tmp_path, monkeypatch):
+    (tmp_path / "manifest.json").write_text(
+        '{"dtypes": ["q4"], "variants": {"gptq-int4": {"folder": "gptq-int4"}}, "files": {}}')
+    monkeypatch.setitem(sys.modules, "gptqmodel", None)  # as on a Space without the gptq extra
+    catalog = VariantCatalog(DemoSettings(artifacts=tmp_path))
+    assert catalog.names() == ["torch", "onnx-q4"]
+    assert catalog.unavailable == {"gptq-int4": "needs gptqmodel: pip install 'glm4v-edge[gptq]'"}
+    with pytest.raises(Glm4vEdgeError, match="unknown variant 'gptq-int4'"):
+        catalog.load("gptq-int4")
+
+
+def test_memory_budget_counts_resident_memory_not_disk_size(artifacts):
+    """In a fresh process (as a Space starts) the 6.6 MB embedded model costs hundreds of MiB
+    resident; the catalog counts that, and evicts the idle variant when the next one loads."""
+    script = f"""
+from glm4v_edge.demo.catalog import VariantCatalog
+from glm4v_edge.demo.settings import DemoSettings
+catalog = VariantCatalog(DemoSettings(artifacts={str(artifacts)!r}, memory_budget_gb=0.001))
+torch_entry = catalog.load("torch")
+print(torch_entry.resident_bytes, torch_entry.variant.artifact_bytes)
+catalog.load("onnx-q4")
+print(list(catalog.loaded))
+"""
+    probe = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.strip().splitlines()
+    resident, on_disk = map(int, lines[-2].split())
+    assert on_disk < 10 * 2**20 and resident > 100 * 2**20, (resident, on_disk)
+    assert lines[-1] == "['onnx-q4']"  # torch was idle and over the budget: evicted
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -119,3 +119,68 @@ def test_stop_ends_a_remote_generation_early(rambling_server):
     assert state["last_completion_tokens"] < 3000
     follow_up = collect(remote.generate([user_message("Again.")], max_new_tokens=4, sampling=Sampling.greedy()))
     assert len(follow_up.token_ids) >= 1
+
+
+def test_usage_as_openai_clients_read_it(server):
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": EXAMPLES[0].question}]
+    whole = client.chat.completions.create(model="torch-fp32", messages=messages, max_tokens=16, temperature=0)
+    usage = whole.usage
+    assert usage.prompt_tokens > 5 and usage.completion_tokens > 1
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    chunks = list(client.chat.completions.create(model="torch-fp32", messages=messages, max_tokens=16, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    counts = {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump(include=counts) == usage.model_dump(include=counts)
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+
+
+def test_a_continued_assistant_message_is_continued(server):
+    """vLLM's continuation fields: the reply resumes the final assistant message."""
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    example = EXAMPLES[0]
+    url = "data:image/png;base64," + base64.b64encode(example.files[0].read_bytes()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": example.question}]},
+                {"role": "assistant", "content": "<think></think><answer>"}]
+    completion = client.chat.completions.create(
+        model="torch-fp32", messages=messages, max_tokens=32, temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    text = completion.choices[0].message.content
+    assert "<think>" not in text and example.answer in text
+    with pytest.raises(openai.BadRequestError, match="add_generation_prompt"):
+        client.chat.completions.create(model="torch-fp32", messages=messages,
+                                       extra_body={"continue_final_message": True})
+
+
+@pytest.mark.parametrize("budget", [0, 3])
+def test_remote_thinking_budget_is_kept_by_the_client(server, budget):
+    """The remote variant never sends a budget (vLLM would drop it): it counts thinking tokens from
+    the stream and continues the message with </think><answer> itself."""
+    from glm4v_edge.runtime.remote_variant import request_options
+
+    assert "thinking_budget" not in str(request_options(Sampling.greedy()))
+    remote = load_variant("remote", url=server)
+    example = EXAMPLES[1]
+    events = list(remote.generate([user_message(example.question, images=list(example.files))], max_new_tokens=64,
+                                  sampling=Sampling.greedy(), thinking_budget=budget))
+    result = collect(iter(events))
+    assert result.reply.thinking_closed and result.reply.final_answer
+    assert [event.text for event in events if event.forced] == (
+        ["<think></think><answer>"] if budget == 0 else ["</think><answer>"])
+    thinking_events = [event for event in events if any(piece.channel == "thinking" for piece in event.pieces)]
+    assert len(thinking_events) == budget
+    assert events[-1].prompt_tokens > 0  # usage reported per chunk by the server
+
+
+def test_a_non_streaming_client_that_leaves_stops_its_generation(rambling_server):
+    client = openai.OpenAI(base_url=rambling_server, api_key="unused", max_retries=0, timeout=2.0)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="torch-fp32", messages=[{"role": "user", "content": "Talk."}],
+                                       max_tokens=3000)
+    for _ in range(100):
+        state = health(rambling_server)
+        if state["running"] == 0:
+            break
+        threading.Event().wait(0.1)
+    assert state["running"] == 0 and state["last_completion_tokens"] < 3000

@@ -13,10 +13,15 @@ from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.machine import resident_bytes
 from glm4v_edge.names import REMOTE
-from glm4v_edge.runtime.registry import built_variants, load_from
-from glm4v_edge.runtime.variant import Variant
+from glm4v_edge.runtime.registry import built_variants, load_from, missing_packages
+from glm4v_edge.runtime.variant import MeasurableVariant, Variant
 
 BASELINE = "torch"  # the checkpoint in transformers: fp32 on CPU, bf16 on CUDA
+WAIT_POLL_S = 0.1  # how often a request waiting for a slot looks at its stop event
+
+
+class StoppedWhileWaiting(Exception):
+    """Stop was pressed before the request got a slot: it never ran."""
 PREFERRED_DEFAULT = "onnx-q4"  # the fastest CPU variant, when the artifacts hold it
 
 
@@ -34,7 +39,11 @@ class VariantCatalog:
 
     def __init__(self, settings: DemoSettings):
         self.settings = settings
-        self.available = self._available()  # read once: every request checks a name against it
+        # Read once: every request checks a name against it. A variant whose packages are not
+        # installed here is not offered (a Space installs requirements.txt, not every extra).
+        offered = self._offered()
+        self.unavailable = {name: reason for name in offered if (reason := missing_packages(name))}
+        self.available = [name for name in offered if name not in self.unavailable]
         self.loaded: OrderedDict[str, Loaded] = OrderedDict()
         self.lock = threading.Lock()  # guards ``loaded``
         self.load_lock = threading.Lock()
@@ -43,7 +52,7 @@ class VariantCatalog:
     def names(self) -> list[str]:
         return list(self.available)
 
-    def _available(self) -> list[str]:
+    def _offered(self) -> list[str]:
         names = [BASELINE]
         if self.settings.artifacts is not None:
             names += built_variants(self.settings.artifacts)
@@ -73,7 +82,10 @@ class VariantCatalog:
             variant = load_from(name, self.settings.model, self.settings.artifacts, remote_url=self.settings.remote_url,
                                 remote_model=self.settings.remote_model, device=self.settings.device,
                                 threads=self.settings.threads)
-            entry = Loaded(variant, time.perf_counter() - started, max(0, (resident_bytes() or 0) - before))
+            # What loading added to this process (libraries included), at least what it maps from disk.
+            added = max(0, (resident_bytes() or 0) - before)
+            entry = Loaded(variant, time.perf_counter() - started,
+                           max(added, variant.artifact_bytes if isinstance(variant, MeasurableVariant) else 0))
             with self.lock:
                 self.loaded[name] = entry
                 self._evict(keep=name)
@@ -88,12 +100,27 @@ class VariantCatalog:
             if name != keep and self.loaded[name].users == 0:
                 del self.loaded[name]
 
-    @contextmanager
-    def use(self, name: str) -> Iterator[Variant]:
-        """A variant for one generation; waits while ``concurrency_per_variant`` others run on it."""
+    def _slot(self, name: str) -> threading.BoundedSemaphore:
         with self.lock:
-            slot = self.slots.setdefault(name, threading.BoundedSemaphore(self.settings.concurrency_per_variant))
-        with slot:
+            return self.slots.setdefault(name, threading.BoundedSemaphore(self.settings.concurrency_per_variant))
+
+    def busy(self, name: str) -> bool:
+        """Whether a generation on ``name`` would wait for a slot now."""
+        slot = self._slot(name)
+        if slot.acquire(blocking=False):
+            slot.release()
+            return False
+        return True
+
+    @contextmanager
+    def use(self, name: str, stop: threading.Event | None = None) -> Iterator[Variant]:
+        """A variant for one generation; waits while ``concurrency_per_variant`` others run on it.
+        This is the demo's one queue: a request waiting here can be stopped (``StoppedWhileWaiting``)."""
+        slot = self._slot(name)
+        while not slot.acquire(timeout=WAIT_POLL_S):
+            if stop is not None and stop.is_set():
+                raise StoppedWhileWaiting(name)
+        try:
             entry = self.load(name)
             with self.lock:
                 entry.users += 1
@@ -102,8 +129,5 @@ class VariantCatalog:
             finally:
                 with self.lock:
                     entry.users -= 1
-
-    @property
-    def max_concurrency(self) -> int:
-        """Generations the whole app may run at once (every variant's share)."""
-        return self.settings.concurrency_per_variant * len(self.names())
+        finally:
+            slot.release()

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.openai_format import from_openai_messages
-from glm4v_edge.runtime.variant import Sampling, Variant
+from glm4v_edge.runtime.variant import Sampling, TokenEvent, Variant
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # ten large images as base64 fit; a runaway upload does not
 DEFAULT_MAX_TOKENS = 1024
@@ -48,7 +49,24 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = None
     seed: int | None = None
     n: int = 1
+    stream_options: dict[str, Any] | None = None  # include_usage; continuous_usage_stats (vLLM's)
+    continue_final_message: bool = False  # vLLM's: the reply continues the final assistant message
+    add_generation_prompt: bool = True  # vLLM's: False when continuing
     thinking_budget: int | None = None  # not OpenAI's: force </think><answer> after N thinking tokens
+
+    def problem(self) -> str | None:
+        """Why this request cannot be served, in one line (None: it can)."""
+        if self.n != 1:
+            return "n must be 1"
+        if self.continue_final_message:
+            if self.add_generation_prompt:
+                return "continue_final_message needs add_generation_prompt: false"
+            if not self.messages or self.messages[-1].get("role") != "assistant":
+                return "continue_final_message needs a final assistant message to continue"
+        return None
+
+    def usage_option(self, name: str) -> bool:
+        return bool((self.stream_options or {}).get(name))
 
     def sampling(self) -> Sampling:
         greedy = self.temperature is not None and self.temperature == 0
@@ -67,19 +85,28 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
+class LimitBody:
+    """Refuses a body over ``MAX_REQUEST_BYTES`` before reading it. Plain ASGI (not an
+    ``@app.middleware`` function), so the endpoint still hears its client disconnect."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if scope["type"] == "http" and length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+            await error_response(413, f"request body over {MAX_REQUEST_BYTES // 2**20} MiB")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(variant: Variant, *, served_model: str | None = None, concurrency: int = 1) -> FastAPI:
     """The HTTP app for one loaded variant; at most ``concurrency`` generations run at once."""
     served_model = served_model or variant.name
     slots = asyncio.Semaphore(concurrency)
     stats = {"running": 0, "completed": 0, "last_completion_tokens": None}  # shown at /health
     app = FastAPI(title="glm4v-edge", docs_url=None, redoc_url=None)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            return error_response(413, f"request body over {MAX_REQUEST_BYTES // 2**20} MiB")
-        return await call_next(request)
+    app.add_middleware(LimitBody)
 
     @app.get("/health")
     async def health() -> dict:
@@ -99,8 +126,8 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
         if body.model not in (None, "", served_model):
             return error_response(404, f"the model `{body.model}` does not exist; this server serves `{served_model}`",
                                   "not_found_error")
-        if body.n != 1:
-            return error_response(400, "n must be 1")
+        if body.problem():
+            return error_response(400, body.problem())
         await slots.acquire()
         stats["running"] += 1
         folder = tempfile.TemporaryDirectory(prefix="glm4v-edge-serve-")
@@ -108,7 +135,8 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
         try:
             messages = from_openai_messages(body.messages, Path(folder.name))
             events = variant.generate(messages, max_new_tokens=body.token_limit(), sampling=body.sampling(),
-                                      thinking_budget=body.thinking_budget, stop=stop)
+                                      thinking_budget=body.thinking_budget, stop=stop,
+                                      continue_final_message=body.continue_final_message)
             first = await anyio.to_thread.run_sync(next, events, None)  # bad input fails here, before any bytes
         except BaseException as error:
             stats["running"] -= 1
@@ -119,29 +147,65 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
             raise
         completion = Completion(served_model, body.token_limit())
 
-        def finish(tokens: int) -> None:
+        def finish() -> None:
             """Once per request, however it ended (done, error, client gone): stop generating, free the slot."""
             stop.set()
             with contextlib.suppress(ValueError):  # still running in a worker thread: the stop event ends it
                 events.close()
             folder.cleanup()
             stats.update(running=stats["running"] - 1, completed=stats["completed"] + 1,
-                         last_completion_tokens=tokens)
+                         last_completion_tokens=completion.usage.completion_tokens)
             slots.release()
 
         if body.stream:
-            return StreamingResponse(completion.stream(first, events, finish), media_type="text/event-stream")
-        texts = [first.text] if first is not None else []
+            chunks = completion.stream(first, events, finish, include_usage=body.usage_option("include_usage"),
+                                       continuous_usage=body.usage_option("continuous_usage_stats"))
+            return ClosingStreamingResponse(chunks, media_type="text/event-stream")
+        texts = []
         try:
-            while (event := await anyio.to_thread.run_sync(next, events, None)) is not None:
+            event = first
+            while event is not None:
+                completion.usage.add(event)
                 texts.append(event.text)
+                if await request.is_disconnected():  # nobody will read the reply: stop generating it
+                    break
+                event = await anyio.to_thread.run_sync(next, events, None)
         except Glm4vEdgeError as error:
             return error_response(400, str(error))
         finally:
-            finish(len(texts))
-        return completion.whole("".join(texts), len(texts))
+            finish()
+        return completion.whole("".join(texts))
 
     return app
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator however the response ends. When a client leaves, Starlette
+    cancels the send and abandons the generator at its ``yield``; its ``finally`` (stop the
+    generation, free the slot) would otherwise wait for garbage collection."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+@dataclass
+class Usage:
+    """Token counts as OpenAI clients read them."""
+
+    prompt_tokens: int = 0  # from the variant's events (0 only if it generated nothing)
+    completion_tokens: int = 0
+
+    def add(self, event: TokenEvent) -> None:
+        self.completion_tokens += 1
+        if event.prompt_tokens is not None:
+            self.prompt_tokens = event.prompt_tokens
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
 class Completion:
@@ -152,40 +216,46 @@ class Completion:
         self.created = int(time.time())
         self.model = model
         self.token_limit = token_limit
+        self.usage = Usage()
 
-    def finish_reason(self, tokens: int) -> str:
-        return "length" if tokens >= self.token_limit else "stop"
+    def finish_reason(self) -> str:
+        return "length" if self.usage.completion_tokens >= self.token_limit else "stop"
 
-    def whole(self, text: str, tokens: int) -> dict:
+    def whole(self, text: str) -> dict:
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": self.finish_reason(tokens)}],
-            "usage": {"completion_tokens": tokens},
+                         "finish_reason": self.finish_reason()}],
+            "usage": self.usage.as_dict(),
         }
 
-    def chunk(self, delta: dict, finish_reason: str | None = None) -> str:
+    def chunk(self, delta: dict | None, finish_reason: str | None = None, usage: bool = False) -> str:
+        """One SSE event; ``delta`` None is the usage-only chunk (no choices) OpenAI sends last."""
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+        if usage:
+            body["usage"] = self.usage.as_dict()
         return f"data: {json.dumps(body)}\n\n"
 
-    async def stream(self, first, events, finish) -> AsyncIterator[str]:
-        tokens = 0
+    async def stream(self, first, events, finish, *, include_usage: bool = False,
+                     continuous_usage: bool = False) -> AsyncIterator[str]:
         try:
             yield self.chunk({"role": "assistant", "content": ""})
             event = first
             while event is not None:
-                tokens += 1
+                self.usage.add(event)
                 if event.text:
-                    yield self.chunk({"content": event.text})
+                    yield self.chunk({"content": event.text}, usage=continuous_usage)
                 event = await anyio.to_thread.run_sync(next, events, None)
-            yield self.chunk({}, self.finish_reason(tokens))
+            yield self.chunk({}, self.finish_reason())
+            if include_usage:
+                yield self.chunk(None, usage=True)
             yield "data: [DONE]\n\n"
         except Glm4vEdgeError as error:  # the stream has started: report in-band, as vLLM does
             yield f"data: {json.dumps({'error': {'message': str(error), 'type': 'invalid_request_error'}})}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            finish(tokens)  # also on a client disconnect: the stop event ends the generation
+            finish()  # also on a client disconnect: the stop event ends the generation
 
 
 def serve(variant: Variant, *, host: str = "127.0.0.1", port: int = 8000, served_model: str | None = None,

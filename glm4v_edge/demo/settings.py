@@ -40,7 +40,9 @@ class DemoSettings:
     max_images: int = 10  # per message, PDF pages included (GLM-4.1V's own limit)
     max_file_mb: int = 50
     max_new_tokens: int = 1024  # the slider's start value
-    thinking_budget: int = 8192  # the official code's limit before it forces </think><answer>
+    # The thinking-budget slider's start and top. The budget is this project's addition: the
+    # official demo has none (8192 there is max_new_tokens, the whole reply's limit).
+    thinking_budget: int = 8192
 
     @classmethod
     def from_env(cls, **overrides) -> DemoSettings:

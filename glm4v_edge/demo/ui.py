@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from glm4v_edge.demo.catalog import VariantCatalog
+from glm4v_edge.demo.catalog import StoppedWhileWaiting, VariantCatalog
 from glm4v_edge.demo.examples import load_examples
 from glm4v_edge.demo.reply_view import ReplyView
 from glm4v_edge.demo.settings import DemoSettings
@@ -96,7 +96,10 @@ def build_demo(settings: DemoSettings, catalog: VariantCatalog | None = None) ->
         stop = stops.start(request.session_hash)
         view = ReplyView(variant_name)
         try:
-            with catalog.use(variant_name) as variant:
+            if catalog.busy(variant_name):  # others are generating on it: say so while this one waits
+                waiting = {"role": "assistant", "content": f"waiting for {variant_name} (another chat is using it)…"}
+                yield [*chat, waiting], conversation, gr.skip()
+            with catalog.use(variant_name, stop) as variant:
                 view.variant_name = variant.name
                 shown_at = 0.0
                 for event in variant.generate(messages, max_new_tokens=int(max_new_tokens),
@@ -107,6 +110,8 @@ def build_demo(settings: DemoSettings, catalog: VariantCatalog | None = None) ->
                         shown_at = event.elapsed_s
                         yield [*chat, *view.messages()], conversation, gr.skip()
             view.stopped = stop.is_set()
+        except StoppedWhileWaiting:
+            view.stopped = True  # Stop pressed while it waited: it never ran
         except Glm4vEdgeError as error:
             raise gr.Error(str(error), print_exception=False) from None
         finally:
@@ -150,9 +155,14 @@ def build_demo(settings: DemoSettings, catalog: VariantCatalog | None = None) ->
                 variant = gr.Dropdown(choices=catalog.names(), value=default_variant, label="Variant",
                                       elem_id="variant")
                 variant_status = gr.Markdown(elem_id="variant-status")
+                if catalog.unavailable:
+                    gr.Markdown("Not offered here: " + "; ".join(f"{name} ({reason})" for name, reason in
+                                                                 catalog.unavailable.items()), elem_id="unavailable")
                 system = gr.Textbox(label="System prompt", lines=2, elem_id="system")
                 thinking_budget = gr.Slider(0, settings.thinking_budget, value=settings.thinking_budget, step=1,
-                                            label="Thinking budget (tokens)", info="0 answers directly",
+                                            label="Thinking budget (tokens)",
+                                            info="then the answer is forced; 0 answers directly (this project's "
+                                                 "addition: the official demo has none)",
                                             elem_id="thinking-budget")
                 max_new_tokens = gr.Slider(1, 16384, value=settings.max_new_tokens, step=1, label="Max new tokens",
                                            elem_id="max-new-tokens")
@@ -163,7 +173,9 @@ def build_demo(settings: DemoSettings, catalog: VariantCatalog | None = None) ->
             on_zero_gpu(respond),
             [textbox, chatbot, conversation, variant, system, thinking_budget, max_new_tokens, temperature, top_p],
             [chatbot, conversation, textbox],
-            api_name="chat", concurrency_limit=catalog.max_concurrency, concurrency_id="generate",
+            # Every accepted request starts at once and waits for its variant in the catalog, where
+            # Stop reaches it; Gradio only bounds how many are open.
+            api_name="chat", concurrency_limit=settings.queue_size, concurrency_id="generate",
         )
         # After an error the textbox would stay locked; this runs whatever happened.
         generation.then(lambda: gr.MultimodalTextbox(interactive=True), None, textbox, api_name=False, queue=False)

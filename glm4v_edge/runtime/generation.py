@@ -102,12 +102,13 @@ class ReplyStream:
     """Generated token ids -> ``TokenEvent``s: decoded incrementally (tokenizers' ``DecodeStream``),
     split by the thinking parser, timed from ``started``. Every variant yields through one."""
 
-    def __init__(self, tokenizer, budget: ThinkingBudget, started: float):
+    def __init__(self, tokenizer, budget: ThinkingBudget, started: float, prompt_tokens: int):
         self.tokenizer = tokenizer.backend_tokenizer
         self.decoder = DecodeStream(skip_special_tokens=False)  # special tokens carry <think> and boxes
         self.parser = ReplyParser()
         self.budget = budget
         self.started = started
+        self.prompt_tokens = prompt_tokens
         self.generated: list[int] = []
 
     def event(self, token_id: int) -> TokenEvent:
@@ -119,6 +120,7 @@ class ReplyStream:
             pieces=tuple(self.parser.feed(text)),
             elapsed_s=time.perf_counter() - self.started,
             forced=self.budget.was_forced(np.asarray(self.generated)),
+            prompt_tokens=self.prompt_tokens,
         )
 
 
@@ -138,17 +140,18 @@ class GenerationPlan:
 
 
 def plan_generation(variant, messages: list[dict], max_new_tokens: int, sampling: Sampling | None,
-                    thinking_budget: int | None) -> GenerationPlan:
+                    thinking_budget: int | None, continue_final_message: bool = False) -> GenerationPlan:
     """The shared prologue of ``generate``: ``variant`` brings its processor, config, generation
     config and special tokens. The reply is limited to what the context has room for."""
     started = time.perf_counter()
     limit = context_length(variant.config)
-    batch = build_batch(variant.processor, [messages], max_positions=limit)
+    batch = build_batch(variant.processor, [messages], max_positions=limit,
+                        continue_final_message=continue_final_message)
     prompt_length = batch["input_ids"].shape[1]
     max_new_tokens = max(1, min(max_new_tokens, limit - prompt_length))
     config = generation_settings(variant.generation_config, sampling, max_new_tokens, variant.tokens.pad)
     if sampling is not None and sampling.seed is not None:
         torch.manual_seed(sampling.seed)  # generate() samples from torch's global generator
-    budget = ThinkingBudget.for_tokens(thinking_budget, variant.tokens)
-    reply = ReplyStream(variant.processor.tokenizer, budget, started)
+    budget = ThinkingBudget.for_tokens(None if continue_final_message else thinking_budget, variant.tokens)
+    reply = ReplyStream(variant.processor.tokenizer, budget, started, prompt_length)
     return GenerationPlan(batch, prompt_length, config, budget, reply)

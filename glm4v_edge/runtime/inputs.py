@@ -58,7 +58,7 @@ def resolve_media(messages: list[dict], processor) -> tuple[list[dict], list[Ima
 
 
 def build_batch(
-    processor, conversations: list[list[dict]], *, add_generation_prompt: bool = True,
+    processor, conversations: list[list[dict]], *, continue_final_message: bool = False,
     continuations: list[str] | None = None, max_positions: int | None = None,
 ) -> BatchFeature:
     """Render each conversation with the chat template and run the processor on all of them.
@@ -69,7 +69,9 @@ def build_batch(
     texts, images, videos = [], [], []
     for i, messages in enumerate(conversations):
         resolved, conv_images, conv_videos = resolve_media(messages, processor)
-        text = processor.apply_chat_template(resolved, tokenize=False, add_generation_prompt=add_generation_prompt)
+        # A final assistant turn to continue is rendered open: no end of turn, no new assistant header.
+        text = processor.apply_chat_template(resolved, tokenize=False, add_generation_prompt=not continue_final_message,
+                                             continue_final_message=continue_final_message)
         texts.append(text + (continuations[i] if continuations else ""))
         images += conv_images
         videos += conv_videos

@@ -231,8 +231,9 @@ class OnnxVariant:
         sampling: Sampling | None = None,
         thinking_budget: int | None = None,
         stop: threading.Event | None = None,
+        continue_final_message: bool = False,
     ) -> Iterator[TokenEvent]:
-        plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget)
+        plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget, continue_final_message)
         logits, state = self.prefill(plan.batch)
         processors = host_logits_processors(self.config, plan.config, state.input_ids,
                                             torch.as_tensor(plan.batch["attention_mask"]),

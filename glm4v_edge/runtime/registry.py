@@ -8,6 +8,7 @@ listing names costs no torch, onnxruntime or openai import.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,19 +35,39 @@ Loader = Callable[..., Variant]
 @dataclass(frozen=True)
 class Registered:
     load: Loader
-    measurable: bool  # runs here on its own processor: scored and stage-timed by the benchmark
+    requires: tuple[str, ...]  # the modules its runtime imports
+    extra: str  # the glm4v-edge extra that installs them
+    measurable: bool = True  # runs here on its own processor: scored and stage-timed by the benchmark
     why_not: str = ""  # when not measurable: one line saying why
 
 
 VARIANTS: dict[str, Registered] = {}
 
 
-def register(name: str, loader: Loader, *, measurable: bool = True, why_not: str = "") -> None:
-    VARIANTS[name] = Registered(loader, measurable, why_not)
+def register(name: str, loader: Loader, requires: tuple[str, ...], extra: str, *, measurable: bool = True,
+             why_not: str = "") -> None:
+    VARIANTS[name] = Registered(loader, requires, extra, measurable, why_not)
 
 
 def variant_names() -> list[str]:
     return sorted(VARIANTS)
+
+
+def missing_packages(name: str) -> str | None:
+    """What this environment lacks to run variant ``name``, as one line (None: nothing)."""
+    check_known([name])
+    entry = VARIANTS[name]
+    missing = [module for module in entry.requires if not _importable(module)]
+    if not missing:
+        return None
+    return f"needs {', '.join(missing)}: pip install 'glm4v-edge[{entry.extra}]'"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: the module is blocked (sys.modules[name] is None)
+        return False
 
 
 def check_known(names: list[str]) -> None:
@@ -161,14 +182,16 @@ def _remote_loader(model, device: str | None = None, artifacts: str | Path | Non
     return RemoteVariant(url, model=str(model) if model is not None else None, api_key=api_key)
 
 
-register(torch_variant(None), _torch_loader(None))  # fp32 on CPU, bf16 on CUDA
+TORCH = ("torch", "transformers")
+register(torch_variant(None), _torch_loader(None), TORCH, "all")  # fp32 on CPU, bf16 on CUDA
 for _dtype in TORCH_DTYPES:
-    register(torch_variant(_dtype), _torch_loader(_dtype))
+    register(torch_variant(_dtype), _torch_loader(_dtype), TORCH, "all")
 for _dtype in ONNX_DTYPES:
-    register(onnx_variant(_dtype), _onnx_loader(_dtype))
+    register(onnx_variant(_dtype), _onnx_loader(_dtype), (*TORCH, "onnxruntime"), "onnx")
 for _method in GPTQ_METHODS:
     for _bits in GPTQ_BITS:
-        register(quantized_variant(_method, _bits), _gptq_loader(quantized_variant(_method, _bits)))
-register(REMOTE, _remote_loader, measurable=False,  # --model: the served model's id (default: the server's first)
+        _name = quantized_variant(_method, _bits)
+        register(_name, _gptq_loader(_name), (*TORCH, "gptqmodel", "optimum"), "gptq")
+register(REMOTE, _remote_loader, ("openai",), "demo", measurable=False,  # --model: the served model's id
          why_not="it streams text from a server (no logits, no stage timings here); benchmark the served "
                  "variant on the serving machine")

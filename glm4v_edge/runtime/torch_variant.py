@@ -77,8 +77,9 @@ class TorchVariant:
         sampling: Sampling | None = None,
         thinking_budget: int | None = None,
         stop: threading.Event | None = None,
+        continue_final_message: bool = False,
     ) -> Iterator[TokenEvent]:
-        plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget)
+        plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget, continue_final_message)
         inputs = self._on_device(plan.batch)
         streamer = QueueStreamer()
         halt = threading.Event()  # set when the consumer stops reading

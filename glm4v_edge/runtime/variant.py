@@ -46,6 +46,7 @@ class TokenEvent:
     pieces: tuple[Piece, ...]  # ``text`` split into thinking / answer
     elapsed_s: float  # since generate() was called; the first event's is the time to first token
     forced: bool = False  # inserted by the thinking budget, not chosen by the model
+    prompt_tokens: int | None = None  # the prompt's length (None when a server did not say)
 
 
 @dataclass
@@ -100,9 +101,12 @@ class Variant(Protocol):
         sampling: Sampling | None = None,
         thinking_budget: int | None = None,
         stop: threading.Event | None = None,
+        continue_final_message: bool = False,
     ) -> Iterator[TokenEvent]:
         """Stream the reply. ``thinking_budget`` N: after N thinking tokens force
-        ``</think><answer>``; 0 answers straight away. Setting ``stop`` ends the stream."""
+        ``</think><answer>``; 0 answers straight away. Setting ``stop`` ends the stream.
+        ``continue_final_message``: ``messages`` end with an assistant turn whose text the reply
+        continues (no budget applies: the caller that wrote that text keeps its own count)."""
         ...
 
 

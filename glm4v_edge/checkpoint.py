@@ -190,6 +190,19 @@ def silenced_output() -> Iterator[None]:
             os.close(fd)
 
 
+def local_checkpoint(model: str) -> Path:
+    """The folder holding ``model``'s files: the folder itself, or the hub snapshot in the local
+    cache (downloaded once, as ``from_pretrained`` would)."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"]))
+    except Exception as error:  # the hub client's many error types; check_hub_model named the usual ones
+        raise _hub_error(model, error) from None
+
+
 def is_quantized(model: str) -> bool:
     return getattr(load_config(model), "quantization_config", None) is not None
 

@@ -85,13 +85,13 @@ def export_onnx(
     dtypes: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(ONNX_DTYPES)}.")] = DTYPES,
     block_size: Annotated[int, typer.Option(min=16, help="q4: weights per block.")] = Q4Settings.block_size,
     accuracy_level: Annotated[int, typer.Option(min=0, max=4, help="q4: MatMulNBits compute precision (4: int8 "
-                                                "activations, fastest on CPU; 0: as the input).")]
-    = Q4Settings.accuracy_level,
+                                                "activations, fastest on CPU).")] = Q4Settings.accuracy_level,
+    parity: Annotated[bool, typer.Option(help="Measure each precision against the source.")] = ExportSettings.parity,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Vision encoder, token embedding and KV-cache decoder as ONNX, with parity measured against torch fp32."""
+    """Vision encoder, token embedding and KV-cache decoder as ONNX, written one tensor at a time."""
     from glm4v_edge.export.onnx_export import export_onnx as run_export
-    settings = ExportSettings(parse_dtypes(dtypes), Q4Settings(block_size=block_size, accuracy_level=accuracy_level))
+    settings = ExportSettings(parse_dtypes(dtypes), Q4Settings(block_size, accuracy_level), parity)
     check_output_folder(out, overwrite)
     with progress_bars() as progress:
         manifest = run_export(model, out, settings, overwrite=overwrite, progress=progress)
@@ -279,7 +279,7 @@ def tiny_sample(
 
 @tiny_app.command("random")
 def tiny_random(
-    preset: Annotated[str, typer.Option(help="medium (~1.4 B, CPU latency work) or 9b (the real shape).")] = "medium",
+    preset: Annotated[str, typer.Option(help="medium (1.4 B), 9b-shallow (9B widths, 2 layers) or 9b.")] = "medium",
     out: Annotated[Path | None, typer.Option(help="Output folder. Default: artifacts/random-PRESET.")] = None,
     dtype: Annotated[str, typer.Option(help="Weight dtype: fp32, bf16 or fp16.")] = "bf16",
     config_only: Annotated[bool, typer.Option(help="Write config, tokenizer and processor, no weights.")] = False,

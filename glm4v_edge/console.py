@@ -23,23 +23,38 @@ class RichProgress:
     def __init__(self, bars: Progress):
         self.bars = bars
         self.task = None
+        self.bytes_task = None  # the file being written, when a step reports bytes
         self.started = 0
 
     def start(self, label: str, total: int) -> None:
         self._finish()
         self.task = self.bars.add_task(label, total=total, status="")
+        self.total = total
         self.started = 0
 
     def step(self, status: str) -> None:
+        self._drop_bytes()
         self.bars.update(self.task, completed=self.started, status=status)
         self.started += 1
+
+    def written(self, done: int, total: int) -> None:
+        if self.bytes_task is None:
+            self.bytes_task = self.bars.add_task("  writing", total=total, status=f"{total / 1e9:.2f} GB")
+        self.bars.update(self.bytes_task, completed=done, total=total,
+                         status=f"{done / 1e9:.2f} / {total / 1e9:.2f} GB")
+
+    def _drop_bytes(self) -> None:
+        if self.bytes_task is not None:
+            self.bars.remove_task(self.bytes_task)
+            self.bytes_task = None
 
     def warn(self, message: str) -> None:
         errors.print(f"warning: {message}", style="yellow", markup=False)
 
     def _finish(self) -> None:
+        self._drop_bytes()
         if self.task is not None:
-            self.bars.update(self.task, completed=self.bars.tasks[self.task].total, status="done")
+            self.bars.update(self.task, completed=self.total, status="done")
 
 
 @contextmanager
@@ -50,7 +65,11 @@ def progress_bars() -> Iterator[RichProgress]:
     )
     with bars:
         progress = RichProgress(bars)
-        yield progress
+        try:
+            yield progress
+        except BaseException:
+            bars.live.transient = True  # a failed step leaves its one-line error, not a half bar
+            raise
         progress._finish()
 
 
@@ -104,8 +123,11 @@ def print_parity(title: str, results: dict[str, dict[str, dict]]) -> None:
 
 def print_export(manifest: dict, out) -> None:
     parity = manifest["parity"]
-    print_parity(f"parity against {parity['reference']} · greedy match of {parity['new_tokens']} new tokens",
-                 parity["results"])
+    if parity["measured"]:
+        print_parity(f"parity against {parity['reference']} · greedy match of {parity['new_tokens']} new tokens",
+                     parity["results"])
+    else:
+        errors.print(f"parity not measured: {parity['reason']}", style="yellow", markup=False)
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     console.print(f"wrote {out} ({size / 1e6:.1f} MB); chat with it: glm4v-edge chat \"...\" --variant "
                   f"onnx-{manifest['dtypes'][-1]} --artifacts {out}", soft_wrap=True)

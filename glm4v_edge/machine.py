@@ -80,3 +80,15 @@ def peak_rss_mib() -> float | None:
     import resource  # not Linux: ru_maxrss (bytes on macOS)
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 1)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says a new allocation can have now (MemAvailable, Linux)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.files import atomic_write_text
+from glm4v_edge.model_card import CARD, write_model_card
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -25,17 +26,19 @@ def sha256(path: Path, chunk: int = 1 << 24) -> str:
 
 
 def file_entries(folder: Path) -> dict[str, dict]:
-    """Every file under ``folder`` (but the manifest) -> size and sha256."""
+    """Every file under ``folder`` (but the manifest and the model card made from it) -> size and sha256."""
     entries = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
+        if path.is_file() and path.relative_to(folder).as_posix() not in (MANIFEST, CARD):
             entries[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
     return entries
 
 
 def write_manifest(folder: Path, record: dict) -> dict:
+    """manifest.json (and the model card, its view) for an artifacts folder."""
     manifest = {"format_version": FORMAT_VERSION, **record, "files": file_entries(folder)}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_model_card(folder, manifest)
     return manifest
 
 
@@ -54,6 +57,7 @@ def record_variant(folder: Path, name: str, entry: dict) -> dict:
     manifest.setdefault("variants", {})[name] = entry
     manifest["files"] = dict(sorted(files.items()))
     atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_model_card(root, manifest)
     return manifest
 
 

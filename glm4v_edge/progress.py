@@ -14,6 +14,9 @@ class Progress(Protocol):
     def step(self, status: str) -> None:
         """The task's next step begins: the previous one is done."""
 
+    def written(self, done: int, total: int) -> None:
+        """Bytes of the current step's output written so far, of ``total``."""
+
     def warn(self, message: str) -> None:
         """Something the user should read, that does not stop the work."""
 
@@ -25,6 +28,9 @@ class Silent:
         pass
 
     def step(self, status: str) -> None:
+        pass
+
+    def written(self, done: int, total: int) -> None:
         pass
 
     def warn(self, message: str) -> None:

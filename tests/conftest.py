@@ -6,17 +6,60 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests import build_artifacts
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("COLUMNS", "200")  # rich tables and error lines unwrapped in captured output
 
-ONNX_DTYPES = ["fp32", "fp16", "q4", "q4f16", "int8"]
-GPTQ_CALIBRATION = 64
+ONNX_DTYPES = list(build_artifacts.ONNX_DTYPES)
+GPTQ_CALIBRATION = build_artifacts.GPTQ_CALIBRATION
+
+
+class Background:
+    """A slow build in its own process, started at collection and waited for by the first test
+    that needs it, so the tests that need nothing go on meanwhile (2 cores, mostly one busy)."""
+
+    def __init__(self, module: str, out: Path):
+        self.out = out
+        self.log = tempfile.TemporaryFile(mode="w+")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen([sys.executable, "-m", module, str(out)], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
+
+    def wait(self) -> Path:
+        if self.process.wait(timeout=1800) != 0:
+            self.log.seek(0)
+            raise RuntimeError(f"background build of {self.out.name} failed:\n{self.log.read()[-4000:]}")
+        return self.out
+
+
+BACKGROUND = {"artifacts": "tests.build_artifacts", "in_memory_onnx": "tests.reference_export"}
+BUILDS: dict[str, Background] = {}
+BUILD_ROOT = Path(tempfile.mkdtemp(prefix="glm4v-edge-tests-"))
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: build only what the selected tests use
+def pytest_collection_modifyitems(session, config, items):
+    used = {name for item in items for name in getattr(item, "fixturenames", ()) if name in BACKGROUND}
+    for name in sorted(used):
+        BUILDS[name] = Background(BACKGROUND[name], BUILD_ROOT / name)
+    # The tests that need a background build run last (stable sort: file order kept otherwise).
+    items.sort(key=lambda item: bool(set(getattr(item, "fixturenames", ())) & set(BACKGROUND)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for build in BUILDS.values():
+        if build.process.poll() is None:
+            build.process.kill()
+    shutil.rmtree(BUILD_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -32,18 +75,16 @@ def tiny_processor(tiny_variant):
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> Path:
-    """The embedded model built once: every ONNX precision and a GPTQ int4 checkpoint, one manifest.
-    Tests that damage artifacts work on a copy."""
-    from glm4v_edge.export.onnx_export import export_onnx
-    from glm4v_edge.export.settings import ExportSettings
-    from glm4v_edge.quant.gptq import quantize_gptq
-    from glm4v_edge.quant.settings import GptqSettings
+def artifacts() -> Path:
+    """The embedded model built once: every ONNX precision and a GPTQ int4 checkpoint, one manifest
+    (tests.build_artifacts). Tests that damage artifacts work on a copy."""
+    return BUILDS["artifacts"].wait()
 
-    out = tmp_path_factory.mktemp("build") / "tiny"
-    export_onnx(None, out, ExportSettings(tuple(ONNX_DTYPES)))
-    quantize_gptq(None, out / "gptq-int4", GptqSettings(calibration=GPTQ_CALIBRATION))
-    return out
+
+@pytest.fixture(scope="session")
+def in_memory_onnx() -> Path:
+    """The in-memory export the streaming export replaced (tests.reference_export), for equality."""
+    return BUILDS["in_memory_onnx"].wait() / "onnx"
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

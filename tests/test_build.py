@@ -89,3 +89,14 @@ def test_medium_random_checkpoint_with_weights_runs(tmp_path):
     result = collect(variant.generate([{"role": "user", "content": "Hi"}], max_new_tokens=3,
                                       sampling=Sampling.greedy()))
     assert len(result.token_ids) <= 3
+
+
+def test_9b_shallow_preset_has_every_9b_width_and_two_layers(tmp_path):
+    write_random_checkpoint("9b-shallow", tmp_path / "shallow", config_only=True)
+    write_random_checkpoint("9b", tmp_path / "9b", config_only=True)
+    shallow, full = (AutoConfig.from_pretrained(tmp_path / name) for name in ("shallow", "9b"))
+    assert shallow.text_config.num_hidden_layers == 2
+    for part in ("text_config", "vision_config"):
+        ours, theirs = getattr(shallow, part).to_dict(), getattr(full, part).to_dict()
+        assert {k: v for k, v in ours.items() if k != "num_hidden_layers"} == \
+            {k: v for k, v in theirs.items() if k != "num_hidden_layers"}, part

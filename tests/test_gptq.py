@@ -133,10 +133,11 @@ def test_existing_output_is_refused(artifacts):
 def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     from glm4v_edge.quant import gptq
 
-    def crash(folder):
+    def interrupted(source, settings, dtype, device, batches, staging, layers, progress):
+        (staging / "model.safetensors").write_bytes(b"half a checkpoint")  # Ctrl-C while GPTQModel writes
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gptq, "fuse_gate_up", crash)
+    monkeypatch.setattr(gptq, "run_gptqmodel", interrupted)
     with pytest.raises(KeyboardInterrupt):
         gptq.quantize_gptq(None, tmp_path / "tiny" / "rtn-int4", GptqSettings(method="rtn"))
     assert list((tmp_path / "tiny").iterdir()) == []  # no checkpoint, no staging folder, no manifest

@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "glm4v_edge"
 LAYERS = [
     ["errors"],
     ["names", "dims", "progress", "files", "thinking", "machine"],  # shared names and helpers
-    ["messages", "manifest", "provenance"],
+    ["messages", "provenance", "model_card"],
+    ["manifest"],
     ["media", "checkpoint"],
     ["shapes", "openai_format", "local_datasets"],  # the shapes task lives here, not in tiny/
     ["runtime"],

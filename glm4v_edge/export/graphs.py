@@ -9,7 +9,7 @@ decode, past length 0 on the first call). What needs data-dependent loops stays 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, Glm4vForConditionalGeneration
@@ -87,17 +87,28 @@ class Decoder(torch.nn.Module):
         return (logits, *presents)
 
 
-def _export(module: torch.nn.Module, args: tuple, path: Path, **options) -> None:
-    """``torch.onnx.export(dynamo=True)``; weights go to a side file past protobuf's 2 GB limit."""
-    with warnings.catch_warnings():
-        # Dims shared by several inputs are reported once per input; nothing to act on.
-        warnings.filterwarnings("ignore", message="# The axis name")
-        program = torch.onnx.export(module.eval(), args, dynamo=True, opset_version=OPSET, verbose=False, **options)
-        large = sum(t.numel() * t.element_size() for t in program.exported_program.state_dict.values()) > 1.8e9
-        program.save(str(path), external_data=large)
+@dataclass
+class GraphSpec:
+    """One graph's wrapper module and what ``torch.onnx.export`` needs to trace it."""
+
+    module: torch.nn.Module
+    args: tuple
+    dynamic_shapes: tuple
+    input_names: list[str]
+    output_names: list[str]
+
+    def export(self, **options) -> torch.onnx.ONNXProgram:
+        """``torch.onnx.export(dynamo=True)`` at this project's opset (``options``: e.g. optimize)."""
+        with warnings.catch_warnings():
+            # Dims shared by several inputs are reported once per input; nothing to act on.
+            warnings.filterwarnings("ignore", message="# The axis name")
+            return torch.onnx.export(
+                self.module.eval(), self.args, dynamo=True, opset_version=OPSET, verbose=False,
+                dynamic_shapes=self.dynamic_shapes, input_names=self.input_names, output_names=self.output_names,
+                **options)
 
 
-def export_vision_encoder(model: Glm4vForConditionalGeneration, path: Path) -> None:
+def vision_encoder_spec(model: Glm4vForConditionalGeneration) -> GraphSpec:
     vision = model.config.vision_config
     grid = torch.tensor([[1, 4 * vision.spatial_merge_size, 6 * vision.spatial_merge_size]])
     patches = int(grid.prod())
@@ -105,23 +116,17 @@ def export_vision_encoder(model: Glm4vForConditionalGeneration, path: Path) -> N
     pixel_values = torch.randn(patches, features, dtype=torch.float32)
     position_ids = get_vision_position_ids(grid, vision.spatial_merge_size)
     n = torch.export.Dim("patches")
-    _export(
-        VisionEncoder(model), (pixel_values, grid, position_ids), path,
-        dynamic_shapes=({0: n}, None, {0: n}),
-        input_names=list(VISION_INPUTS), output_names=[VISION_OUTPUT],
-    )
+    return GraphSpec(VisionEncoder(model), (pixel_values, grid, position_ids), ({0: n}, None, {0: n}),
+                     list(VISION_INPUTS), [VISION_OUTPUT])
 
 
-def export_embed_tokens(model: Glm4vForConditionalGeneration, path: Path) -> None:
+def embed_tokens_spec(model: Glm4vForConditionalGeneration) -> GraphSpec:
     ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    _export(
-        EmbedTokens(model), (ids,), path, dynamic_shapes=({0: batch, 1: sequence},),
-        input_names=[EMBED_INPUT], output_names=[EMBED_OUTPUT],
-    )
+    return GraphSpec(EmbedTokens(model), (ids,), ({0: batch, 1: sequence},), [EMBED_INPUT], [EMBED_OUTPUT])
 
 
-def export_decoder(model: Glm4vForConditionalGeneration, path: Path) -> None:
+def decoder_spec(model: Glm4vForConditionalGeneration) -> GraphSpec:
     layers = model.config.text_config.num_hidden_layers
     heads, head_dim = kv_shape(model.config)
     dtype = model.dtype
@@ -131,9 +136,12 @@ def export_decoder(model: Glm4vForConditionalGeneration, path: Path) -> None:
     positions = torch.arange(past, past + sequence).view(1, 1, -1).expand(3, batch, -1).contiguous()
     cache = tuple(torch.randn(batch, heads, past, head_dim, dtype=dtype) for _ in range(2 * layers))
     b, s, p, total = (torch.export.Dim(name) for name in ("batch", "sequence", "past_sequence", "total_sequence"))
-    _export(
-        Decoder(model), (embeds, mask, positions, torch.tensor(1), cache), path,
-        dynamic_shapes=({0: b, 1: s}, {0: b, 1: total}, {1: b, 2: s}, None, tuple({0: b, 2: p} for _ in cache)),
-        input_names=[*DECODER_INPUTS, *kv_names(layers, PAST)],
-        output_names=[LOGITS, *kv_names(layers, PRESENT)],
+    return GraphSpec(
+        Decoder(model), (embeds, mask, positions, torch.tensor(1), cache),
+        ({0: b, 1: s}, {0: b, 1: total}, {1: b, 2: s}, None, tuple({0: b, 2: p} for _ in cache)),
+        [*DECODER_INPUTS, *kv_names(layers, PAST)], [LOGITS, *kv_names(layers, PRESENT)],
     )
+
+
+SPECS = {"vision_encoder": vision_encoder_spec, "embed_tokens": embed_tokens_spec,
+         "decoder_model_merged": decoder_spec}

@@ -1,46 +1,80 @@
 """``glm4v-edge export onnx``: a checkpoint -> a self-contained, verified artifacts folder.
 
-Steps: export the three fp32 graphs, convert them to each asked precision, copy the
-processor/config files beside them, measure parity of every precision against the torch fp32
-source, write manifest.json. All of it happens in a staging folder that is renamed into
-place at the end, so an interrupted export never leaves a folder that looks complete.
+Steps: check the source (every shard readable, enough free disk), write the graphs in every asked
+precision by the bounded-memory path (``streaming.py``: one tensor at a time, never the whole
+model), copy the processor/config files beside them, measure parity of every precision against
+the torch source (reference first, then one ONNX session at a time), write manifest.json and the
+model card. All of it happens in a staging folder that is renamed into place at the end, so an
+interrupted export never leaves a folder that looks complete.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.export import graphs
-from glm4v_edge.export.precisions import convert
+from glm4v_edge.export.checkpoint_reader import CheckpointReader
 from glm4v_edge.export.settings import ExportSettings
+from glm4v_edge.export.streaming import export_graphs
 from glm4v_edge.files import atomic_directory
-from glm4v_edge.machine import describe_machine
+from glm4v_edge.machine import available_memory_bytes, describe_machine, peak_rss_mib
 from glm4v_edge.manifest import write_manifest
-from glm4v_edge.names import GRAPHS, external_data_files, graph_file
-from glm4v_edge.parity import NEW_TOKENS, measure_parity, parity_prompts, reference_run
+from glm4v_edge.parity import NEW_TOKENS, measure_against_reference
 from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.provenance import source_record, tool_versions
-from glm4v_edge.runtime.onnx_variant import OnnxVariant
-from glm4v_edge.runtime.torch_variant import TorchVariant
 
-EXPORTERS = {
-    "vision_encoder": graphs.export_vision_encoder,
-    "embed_tokens": graphs.export_embed_tokens,
-    "decoder_model_merged": graphs.export_decoder,
-}
-TOOLS = ("onnx", "onnxruntime", "onnxscript")
+TOOLS = ("onnx", "onnxruntime", "onnxscript", "onnx-ir")
+# Output bytes per parameter, for the free-disk check before anything is written (q4 carries
+# its block scales; int8 its per-channel scales; fp32 is written only when asked).
+BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "q4": 0.6, "q4f16": 0.6, "int8": 1.05}
+DISK_MARGIN = 1.1
+# What a torch process needs beside the weights for parity on the short fixed prompts
+# (interpreter, libraries, activations), measured on the medium shape: ~1 GiB.
+PARITY_OVERHEAD_BYTES = 1.5 * 2**30
 
 
-def save_processor_files(source: TorchVariant, folder: Path) -> None:
-    """Config, generation config, tokenizer, chat template and preprocessor configs."""
+def save_processor_files(source: str, folder: Path) -> None:
+    """Config (as published), generation config, tokenizer, chat template and preprocessor configs."""
     with checkpoint.quiet_transformers():
-        checkpoint.load_config(source.source).save_pretrained(folder)  # as published, not as loaded (fp32)
-        source.generation_config.save_pretrained(folder)
-        source.processor.save_pretrained(folder)
+        checkpoint.load_config(source).save_pretrained(folder)
+        checkpoint.load_generation_config(source).save_pretrained(folder)
+        checkpoint.load_processor(source).save_pretrained(folder)
+
+
+def check_free_disk(out: Path, parameters: int, dtypes: tuple[str, ...]) -> None:
+    needed = DISK_MARGIN * parameters * sum(BYTES_PER_PARAMETER[dtype] for dtype in dtypes)
+    parent = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise Glm4vEdgeError(f"{parent} has {free / 1e9:.1f} GB free; the {', '.join(dtypes)} export of "
+                             f"{parameters / 1e9:.2f} B parameters needs about {needed / 1e9:.1f} GB")
+
+
+def parity_dtype(source_dtype: torch.dtype, parameters: int) -> tuple[torch.dtype | None, str]:
+    """The precision to load the torch reference in: fp32 when it fits in the memory available
+    now, else the checkpoint's own (bf16 for GLM-4.1V), else none — with the reason."""
+    available = available_memory_bytes()
+    for dtype in dict.fromkeys((torch.float32, source_dtype)):
+        needed = parameters * dtype.itemsize + PARITY_OVERHEAD_BYTES
+        if available is None or needed <= available:
+            return dtype, ""
+    return None, (f"the torch source needs about {needed / 2**30:.1f} GiB in {source_dtype} and "
+                  f"{available / 2**30:.1f} GiB are available")
+
+
+def export_command(model: str | None, out: Path, settings: ExportSettings) -> str:
+    """The command line that makes this folder again (for the manifest and the model card)."""
+    parts = ["glm4v-edge export onnx", *([f"--model {model}"] if model else []), f"--out {out.name}",
+             f"--dtypes {','.join(settings.dtypes)}", f"--block-size {settings.q4.block_size}",
+             f"--accuracy-level {settings.q4.accuracy_level}", "--parity" if settings.parity else "--no-parity"]
+    return " ".join(parts)
 
 
 def export_onnx(
@@ -48,56 +82,53 @@ def export_onnx(
     overwrite: bool = False, progress: Progress = SILENT,
 ) -> dict:
     """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest."""
-    dtypes, q4 = list(settings.dtypes), settings.q4
-    conversions = len([d for d in dtypes if d != "fp32"])
-    progress.start("export", 1 + len(GRAPHS) * (1 + conversions) + 1 + (1 + conversions) + 1)
+    started = time.perf_counter()
     source = checkpoint.resolve_model(model)
+    config = checkpoint.load_config(source)
+    reader = CheckpointReader(checkpoint.local_checkpoint(source))  # every shard checked before any work
+    parameters = sum(math.prod(shape) for shape in reader.shapes.values())
     out = Path(out)
+    check_free_disk(out, parameters, settings.dtypes)
     with atomic_directory(out, overwrite) as staging:
-        progress.step("loading the source checkpoint (fp32)")
-        reference = TorchVariant(source, dtype=torch.float32, device="cpu", name="torch-fp32")
-        (staging / "onnx").mkdir()
-        save_processor_files(reference, staging)
-        for graph in GRAPHS:
-            progress.step(f"exporting {graph} (fp32)")
-            with torch.no_grad():
-                EXPORTERS[graph](reference.model, staging / graph_file(graph, "fp32"))
-        for dtype in dtypes:
-            if dtype == "fp32":
-                continue
-            for graph in GRAPHS:
-                progress.step(f"converting {graph} to {dtype}")
-                convert(staging / graph_file(graph, "fp32"), dtype, staging / graph_file(graph, dtype), q4)
-
-        checked = ["fp32", *[d for d in dtypes if d != "fp32"]]
-        write_manifest(staging, {"dtypes": checked})  # provisional: lets the ONNX variant load
-        progress.step("greedy reference replies from the torch source")
-        runs = {name: reference_run(reference, messages) for name, messages in parity_prompts().items()}
-        parity = {}
-        for dtype in checked:
-            progress.step(f"parity of {dtype}")
-            parity[dtype] = measure_parity(runs, OnnxVariant(staging, dtype=dtype, device="cpu"))
-            if dtype == "fp32":
-                failed = [name for name, result in parity[dtype].items() if not result["exact"]]
-                if failed:
-                    raise Glm4vEdgeError(
-                        f"the fp32 ONNX export does not reproduce the source's greedy output on: {', '.join(failed)}; "
-                        "nothing was written"
-                    )
-        if "fp32" not in dtypes:
-            for graph in GRAPHS:
-                fp32 = staging / graph_file(graph, "fp32")
-                fp32.unlink()
-                for side_file in external_data_files(fp32.name):
-                    fp32.with_name(side_file).unlink(missing_ok=True)
-            del parity["fp32"]
-        progress.step("writing manifest.json")
+        save_processor_files(source, staging)
+        export_graphs(reader, staging, settings.dtypes, settings.q4, progress=progress)
+        write_manifest(staging, {"dtypes": list(settings.dtypes)})  # provisional: lets the ONNX variant load
+        record = measure_parity(source, staging, settings, parameters, progress) if settings.parity else {
+            "measured": False, "reason": "--no-parity"}
         manifest = write_manifest(staging, {
-            "source": source_record(source, reference.model.config),
-            "dtypes": dtypes,
-            "q4": {"block_size": q4.block_size, "accuracy_level": q4.accuracy_level, "symmetric": q4.symmetric},
-            "parity": {"reference": "torch-fp32", "new_tokens": NEW_TOKENS, "results": parity},
+            "source": source_record(source, config),
+            "dtypes": list(settings.dtypes),
+            "q4": asdict(settings.q4),
+            "parity": record,
+            "export": {"command": export_command(None if model is None else str(model), out, settings),
+                       "parameters": parameters, "seconds": round(time.perf_counter() - started, 1),
+                       "peak_rss_mib": peak_rss_mib()},
             "tools": tool_versions(TOOLS),
             "machine": describe_machine(),
         })
     return manifest
+
+
+def measure_parity(source: str, folder: Path, settings: ExportSettings, parameters: int,
+                   progress: Progress) -> dict:
+    """Parity of every exported precision against the torch source, never both in memory: the
+    source's greedy replies and logits first, then one ONNX session at a time. When the fp32
+    graphs are exported, they must reproduce the source's greedy replies exactly."""
+    from glm4v_edge.runtime.onnx_variant import OnnxVariant
+    from glm4v_edge.runtime.torch_variant import TorchVariant
+
+    torch_dtype, reason = parity_dtype(checkpoint.source_dtype(checkpoint.load_config(source)), parameters)
+    if torch_dtype is None:
+        return {"measured": False, "reason": reason}
+    progress.start("parity", 1 + len(settings.dtypes))
+    progress.step(f"greedy reference replies from the torch source ({torch_dtype})")
+    report = measure_against_reference(
+        lambda: TorchVariant(source, dtype=torch_dtype, device="cpu"),
+        {dtype: lambda dtype=dtype: OnnxVariant(folder, dtype=dtype, device="cpu") for dtype in settings.dtypes},
+        on_candidate=lambda dtype: progress.step(f"parity of {dtype}"))
+    if "fp32" in report.results and torch_dtype == torch.float32:
+        failed = [name for name, result in report.results["fp32"].items() if not result["exact"]]
+        if failed:
+            raise Glm4vEdgeError(f"the fp32 ONNX export does not reproduce the source's greedy output on: "
+                                 f"{', '.join(failed)}; nothing was written")
+    return {"measured": True, "reference": report.reference, "new_tokens": NEW_TOKENS, "results": report.results}

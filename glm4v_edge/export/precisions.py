@@ -1,4 +1,5 @@
-"""fp32 ONNX graph -> the other precisions, each with onnxruntime's own tool.
+"""fp32 ONNX graph -> the other precisions, each with onnxruntime's own tool (the streaming
+export hands these a graph whose weights are read one tensor at a time).
 
 fp16 (activations and weights), q4 (int4 weights in MatMulNBits, fp32 activations), q4f16
 (int4 weights, fp16 activations), int8 (dynamic quantization: int8 weights, activations
@@ -11,7 +12,6 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import onnx
 
@@ -37,12 +37,6 @@ def quiet_converters() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    large = model.ByteSize() > 1.8e9 if model.ByteSize() >= 0 else True
-    onnx.save_model(model, str(path), save_as_external_data=large,
-                    location=path.name + "_data" if large else None)
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -93,19 +87,3 @@ def to_q4(model: onnx.ModelProto, settings: Q4Settings) -> onnx.ModelProto:
     with quiet_converters():
         quantizer.process()
     return quantizer.model.model
-
-
-def convert(fp32_path: Path, dtype: str, out_path: Path, q4: Q4Settings) -> None:
-    """Write ``fp32_path`` converted to ``dtype`` at ``out_path``."""
-    if dtype == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        with quiet_converters():  # the quantizer logs every tensor at INFO on the root logger
-            quantize_dynamic(fp32_path, out_path, weight_type=QuantType.QInt8, per_channel=True)
-        return
-    model = onnx.load_model(str(fp32_path))
-    if dtype in ("fp16", "q4f16"):
-        model = to_fp16(model)
-    if dtype in ("q4", "q4f16"):
-        model = to_q4(model, q4)
-    _save(model, out_path)

@@ -24,6 +24,7 @@ class Q4Settings:
 class ExportSettings:
     dtypes: tuple[str, ...] = ONNX_DTYPES
     q4: Q4Settings = field(default_factory=Q4Settings)
+    parity: bool = True  # measure every precision against the torch source (reference first, then each)
 
 
 def parse_dtypes(text: str) -> tuple[str, ...]:

@@ -175,6 +175,7 @@ def quantize_gptq(
         entry = {
             "kind": "gptq",
             "folder": out.name,
+            "command": quantize_command(model, out, settings, calibration_data),
             "source": source_record(source, config),
             "settings": {**asdict(settings), "quantized": "language model linear layers",
                          "kept_in_source_precision": ["vision tower", "patch merger", "embeddings", "lm_head"],
@@ -193,6 +194,18 @@ def quantize_gptq(
         }
     progress.step("writing manifest.json")
     return record_variant(out, settings.variant, entry)
+
+
+def quantize_command(model: str | Path | None, out: Path, settings: GptqSettings,
+                     calibration_data: Path | None) -> str:
+    """The command line that makes this checkpoint again (for the manifest and the model card)."""
+    parts = ["glm4v-edge quantize gptq", *([f"--model {model}"] if model is not None else []),
+             f"--out {out.parent.name}/{out.name}", f"--method {settings.method}", f"--bits {settings.bits}",
+             f"--group-size {settings.group_size}", "--desc-act" if settings.desc_act else "--no-desc-act",
+             "--sym" if settings.sym else "--asym",
+             *([f"--calibration {settings.calibration}"] if settings.method == "gptq" else []),
+             *([f"--calibration-data {calibration_data}"] if calibration_data else [])]
+    return " ".join(parts)
 
 
 def decoder_bits_per_weight(folder: Path, bits: int) -> float:

@@ -84,6 +84,13 @@ PRESETS: dict[str, ModelShape] = {
         vision_hidden=1024, vision_depth=8, vision_heads=8, vision_intermediate=6848,
         image_size=336, max_position_embeddings=65536, vocab_size=151552,
     ),
+    # The 9B's real widths (and its whole vision tower) with 2 decoder layers: fp32 parity of
+    # every width the 9B has, on a 24 GiB machine (2.5 B parameters).
+    "9b-shallow": ModelShape(
+        text_hidden=4096, text_layers=2, text_heads=32, text_kv_heads=2, text_intermediate=13696,
+        vision_hidden=1536, vision_depth=24, vision_heads=12, vision_intermediate=13696,
+        image_size=336, max_position_embeddings=65536, vocab_size=151552,
+    ),
     # zai-org/GLM-4.1V-9B-Thinking.
     "9b": ModelShape(
         text_hidden=4096, text_layers=40, text_heads=32, text_kv_heads=2, text_intermediate=13696,

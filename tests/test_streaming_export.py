@@ -1,0 +1,119 @@
+"""The bounded-memory export: the same files as the in-memory export it replaced, a model card,
+and bad sources refused in one line before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from glm4v_edge import checkpoint
+from glm4v_edge.tiny import build
+from glm4v_edge.tiny.random_checkpoint import write_random_checkpoint
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_files_as_the_in_memory_export(artifacts, in_memory_onnx):
+    """Every graph of every precision, byte for byte: graphs, initializers and their order."""
+    reference = in_memory_onnx
+    names = sorted(path.name for path in reference.iterdir())
+    assert len(names) == 15
+    assert names == sorted(path.name for path in (artifacts / "onnx").iterdir())
+    for name in names:
+        assert digest(reference / name) == digest(artifacts / "onnx" / name), name
+
+
+@pytest.mark.slow
+def test_forced_side_files_spills_and_blocks_give_the_same_graphs(in_memory_onnx, tmp_path):
+    """Knobs that make the tiny model take every path a 9B takes (side files, spilled tensors,
+    blocked quantization): graphs and weights still equal the in-memory export's."""
+    import onnx
+    from onnx import numpy_helper
+
+    from glm4v_edge.export.checkpoint_reader import CheckpointReader
+    from glm4v_edge.export.settings import Q4Settings
+    from glm4v_edge.export.streaming import export_graphs
+    from glm4v_edge.names import ONNX_DTYPES
+
+    reference = in_memory_onnx
+    export_graphs(CheckpointReader(checkpoint.embedded_model_dir()), tmp_path / "forced", ONNX_DTYPES, Q4Settings(),
+                  inline_limit=0, spill_threshold=0, block_bytes=4096)
+    for path in sorted(reference.glob("*.onnx")):
+        ours, theirs = onnx.load(str(tmp_path / "forced" / "onnx" / path.name)), onnx.load(str(path))
+        assert [n.SerializeToString() for n in ours.graph.node] == [n.SerializeToString() for n in theirs.graph.node]
+        assert [t.name for t in ours.graph.initializer] == [t.name for t in theirs.graph.initializer]
+        for a, b in zip(ours.graph.initializer, theirs.graph.initializer):
+            assert numpy_helper.to_array(a).tobytes() == numpy_helper.to_array(b).tobytes(), (path.name, a.name)
+
+
+def test_model_card_is_written_from_the_manifest(artifacts):
+    card = (artifacts / "README.md").read_text()
+    front = card.split("---\n")[1]
+    assert "pipeline_tag: image-text-to-text" in front and "- onnx" in front and "- gptq" in front
+    assert "| onnx-q4 | `onnx/*_q4.onnx` |" in card and "| gptq-int4 | `gptq-int4/`" in card
+    assert "| onnx-fp32 | text | 19/19 | 100.0% |" in card  # the parity the manifest holds
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    assert manifest["export"]["command"] in card and manifest["variants"]["gptq-int4"]["command"] in card
+    assert "past_key_values.{0..3}.key/value` (batch, 2, past, 32)" in card  # the tiny model's cache shape
+    assert "README.md" not in manifest["files"]  # the card is a view of the manifest, not an artifact
+
+
+@pytest.mark.slow  # ~30 s: a second export (CI runs it)
+def test_no_parity_writes_the_graphs_without_the_source_model(tmp_path):
+    result = run_cli("export", "onnx", "--out", str(tmp_path / "q4"), "--dtypes", "q4", "--no-parity")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "q4" / "manifest.json").read_text())
+    assert manifest["parity"] == {"measured": False, "reason": "--no-parity"}
+    assert "parity not measured" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "q4" / "onnx").iterdir()) == [
+        "decoder_model_merged_q4.onnx", "embed_tokens_q4.onnx", "vision_encoder_q4.onnx"]
+
+
+@pytest.fixture
+def sharded(tmp_path, monkeypatch) -> Path:
+    """The tiny architecture with random weights in several shards."""
+    original = build.write_random_weights
+    monkeypatch.setattr(build, "write_random_weights",
+                        lambda config, out, dtype: original(config, out, dtype, shard_bytes=1 << 20))
+    return write_random_checkpoint("tiny", tmp_path / "sharded", dtype="fp32")
+
+
+def export_fails(model: Path, out: Path, *fragments: str) -> None:
+    assert_one_line_error(run_cli("export", "onnx", "--model", str(model), "--out", str(out), "--dtypes", "q4"),
+                          *fragments)
+    assert not out.exists() and not [p for p in out.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_missing_and_truncated_shards_are_named(sharded, tmp_path):
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    shards[2].unlink()
+    export_fails(sharded, tmp_path / "out", "shard missing", shards[2].name)
+    truncated = shards[1]  # checked before the missing one
+    truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+    export_fails(sharded, tmp_path / "out", truncated.name, "truncated")
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
+    source = tmp_path / "deeper"
+    shutil.copytree(checkpoint.embedded_model_dir(), source)
+    config = json.loads((source / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] += 1  # a layer the weights do not have
+    (source / "config.json").write_text(json.dumps(config))
+    export_fails(source, tmp_path / "out", "no tensor model.language_model.layers.4.", "do not match config.json")
+    config["text_config"]["num_hidden_layers"] -= 1
+    config["text_config"]["intermediate_size"] += 8  # every MLP weight the wrong shape
+    (source / "config.json").write_text(json.dumps(config))
+    export_fails(source, tmp_path / "out", "has shape", "do not match config.json")
+
+
+def test_too_little_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    free = shutil.disk_usage(tmp_path)._replace(free=10_000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+    export_fails(checkpoint.embedded_model_dir(), tmp_path / "out", "GB free", "needs about")

@@ -30,7 +30,8 @@ class Background:
     def __init__(self, module: str, out: Path):
         self.out = out
         self.log = tempfile.TemporaryFile(mode="w+")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        # One thread: the builds share 2 cores with the tests; more threads would only spin.
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", module, str(out)], stdout=self.log,
                                         stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
 
@@ -48,9 +49,13 @@ BUILD_ROOT = Path(tempfile.mkdtemp(prefix="glm4v-edge-tests-"))
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection: build only what the selected tests use
 def pytest_collection_modifyitems(session, config, items):
-    used = {name for item in items for name in getattr(item, "fixturenames", ()) if name in BACKGROUND}
-    for name in sorted(used):
+    from tests.servers import ServeProcess
+
+    used = {name for item in items for name in getattr(item, "fixturenames", ())}
+    for name in sorted(used & set(BACKGROUND)):
         BUILDS[name] = Background(BACKGROUND[name], BUILD_ROOT / name)
+    for name in sorted(used & set(SERVER_ARGS)):
+        SERVERS[name] = ServeProcess(*SERVER_ARGS[name]())
     # The tests that need a background build run last (stable sort: file order kept otherwise).
     items.sort(key=lambda item: bool(set(getattr(item, "fixturenames", ())) & set(BACKGROUND)))
 
@@ -59,6 +64,8 @@ def pytest_sessionfinish(session, exitstatus):
     for build in BUILDS.values():
         if build.process.poll() is None:
             build.process.kill()
+    for server in SERVERS.values():
+        server.stop()
     shutil.rmtree(BUILD_ROOT, ignore_errors=True)
 
 
@@ -119,8 +126,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0], (fragment, lines[0])
 
 
-@pytest.fixture(scope="session")
-def rambling_model(tmp_path_factory) -> Path:
+def write_rambling_model(out: Path) -> Path:
     """The tiny architecture with random weights whose end-of-turn logits are zero, so greedy
     decoding never ends a reply: a generation that only max_new_tokens or a stop ends."""
     import json
@@ -129,7 +135,7 @@ def rambling_model(tmp_path_factory) -> Path:
 
     from glm4v_edge.tiny.random_checkpoint import write_random_checkpoint
 
-    out = write_random_checkpoint("tiny", tmp_path_factory.mktemp("rambling") / "model", dtype="fp32")
+    write_random_checkpoint("tiny", out, dtype="fp32")
     end_ids = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
     for shard in out.glob("*.safetensors"):
         weights = load_file(shard)
@@ -139,10 +145,23 @@ def rambling_model(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def rambling_server(rambling_model):
-    """`glm4v-edge serve` on the rambling model, in its own process: yields the /v1 base URL."""
-    from tests.servers import running_server
+# `glm4v-edge serve` processes, started at collection like the builds (their start-up overlaps
+# the first tests): the embedded model, and the rambling model.
+SERVER_ARGS = {
+    "tiny_server": lambda: ["serve", "--threads", "1"],
+    "rambling_server": lambda: ["serve", "--threads", "1",
+                                "--model", str(write_rambling_model(BUILD_ROOT / "rambling"))],
+}
+SERVERS = {}
 
-    with running_server("serve", "--model", str(rambling_model)) as url:
-        yield url
+
+@pytest.fixture(scope="session")
+def tiny_server() -> str:
+    """`glm4v-edge serve` on the embedded model (torch), in its own process: the /v1 base URL."""
+    return SERVERS["tiny_server"].url()
+
+
+@pytest.fixture(scope="session")
+def rambling_server() -> str:
+    """`glm4v-edge serve` on the rambling model, in its own process: the /v1 base URL."""
+    return SERVERS["rambling_server"].url()

@@ -10,8 +10,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 def free_port() -> int:
@@ -33,25 +31,29 @@ def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout_s: 
     raise TimeoutError(f"{url} did not come up in {timeout_s:.0f} s")
 
 
-@contextmanager
-def running_server(*args: str) -> Iterator[str]:
-    """``glm4v-edge serve ARGS`` on a free port; yields its OpenAI base URL, stops it afterwards."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
-    process = subprocess.Popen([sys.executable, "-m", "glm4v_edge", *args, "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
+class ServeProcess:
+    """``glm4v-edge serve ARGS`` on a free port, started at once; ``url()`` waits until it answers."""
+
+    def __init__(self, *args: str):
+        self.port = free_port()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
+        self.process = subprocess.Popen([sys.executable, "-m", "glm4v_edge", *args, "--port", str(self.port)],
+                                        stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def url(self) -> str:
+        """The server's OpenAI base URL, once its /health answers."""
         try:
-            wait_until_up(f"http://127.0.0.1:{port}/health", process)
+            wait_until_up(f"http://127.0.0.1:{self.port}/health", self.process)
         except (RuntimeError, TimeoutError) as error:
-            log.seek(0)
-            raise RuntimeError(f"{error}; its output:\n{log.read()[-4000:]}") from None
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
+            self.log.seek(0)
+            raise RuntimeError(f"{error}; its output:\n{self.log.read()[-4000:]}") from None
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.process.terminate()
         try:
-            process.wait(timeout=30)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            self.process.kill()
+        self.log.close()

@@ -16,15 +16,8 @@ from glm4v_edge.messages import user_message
 from glm4v_edge.runtime.registry import load_variant
 from glm4v_edge.runtime.variant import Sampling, collect
 from glm4v_edge.thinking import parse_reply
-from tests.servers import running_server
 
 EXAMPLES = load_examples()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with running_server("serve") as url:  # the embedded model, torch
-        yield url
 
 
 def health(base_url: str) -> dict:
@@ -33,8 +26,8 @@ def health(base_url: str) -> dict:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.files[0].stem)
-def test_remote_variant_streams_the_right_answer_with_thinking(server, example):
-    remote = load_variant("remote", url=server)
+def test_remote_variant_streams_the_right_answer_with_thinking(tiny_server, example):
+    remote = load_variant("remote", url=tiny_server)
     assert remote.served_model == "torch-fp32"
     media = {"video": example.files[0]} if example.files[0].suffix == ".mp4" else {"images": list(example.files)}
     result = collect(remote.generate([user_message(example.question, **media)], max_new_tokens=128,
@@ -44,10 +37,10 @@ def test_remote_variant_streams_the_right_answer_with_thinking(server, example):
     assert len(result.token_ids) > 1  # streamed in many chunks, not one
 
 
-def test_openai_client_without_streaming_gets_the_raw_reply(server):
+def test_openai_client_without_streaming_gets_the_raw_reply(tiny_server):
     example = EXAMPLES[0]
     url = "data:image/png;base64," + base64.b64encode(example.files[0].read_bytes()).decode()
-    client = openai.OpenAI(base_url=server, api_key="unused")
+    client = openai.OpenAI(base_url=tiny_server, api_key="unused")
     completion = client.chat.completions.create(
         model="torch-fp32", temperature=0, max_tokens=128,
         messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
@@ -59,8 +52,8 @@ def test_openai_client_without_streaming_gets_the_raw_reply(server):
     assert completion.usage.completion_tokens > 1
 
 
-def test_thinking_budget_zero_answers_directly(server):
-    remote = load_variant("remote", url=server)
+def test_thinking_budget_zero_answers_directly(tiny_server):
+    remote = load_variant("remote", url=tiny_server)
     example = EXAMPLES[0]
     result = collect(remote.generate([user_message(example.question, images=list(example.files))],
                                      max_new_tokens=64, sampling=Sampling.greedy(), thinking_budget=0))
@@ -75,20 +68,20 @@ def test_thinking_budget_zero_answers_directly(server):
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}], 400, "invalid base64"),
     ([{"type": "input_audio", "input_audio": {}}], 400, "unsupported content part"),
 ])
-def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, content, status, fragment):
-    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(tiny_server, content, status, fragment):
+    client = openai.OpenAI(base_url=tiny_server, api_key="unused", max_retries=0)
     with pytest.raises(openai.APIStatusError) as raised:
         client.chat.completions.create(model="torch-fp32", messages=[{"role": "user", "content": content}])
     assert raised.value.status_code == status
     assert fragment in raised.value.message
-    assert health(server)["running"] == 0
+    assert health(tiny_server)["running"] == 0
     ok = client.chat.completions.create(model="torch-fp32", messages=[{"role": "user", "content": "Hello"}],
                                         max_tokens=8)
     assert ok.choices[0].message.content is not None
 
 
-def test_unknown_model_is_404(server):
-    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+def test_unknown_model_is_404(tiny_server):
+    client = openai.OpenAI(base_url=tiny_server, api_key="unused", max_retries=0)
     with pytest.raises(openai.NotFoundError, match="torch-fp32"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
 
@@ -109,7 +102,7 @@ def test_stop_ends_a_remote_generation_early(rambling_server):
         if received == 5:
             stop.set()
     assert received == 5
-    # The server ended that generation (its slot is free) long before the 3000-token limit.
+    # The tiny_server ended that generation (its slot is free) long before the 3000-token limit.
     for _ in range(100):
         state = health(rambling_server)
         if state["running"] == 0:
@@ -121,8 +114,8 @@ def test_stop_ends_a_remote_generation_early(rambling_server):
     assert len(follow_up.token_ids) >= 1
 
 
-def test_usage_as_openai_clients_read_it(server):
-    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+def test_usage_as_openai_clients_read_it(tiny_server):
+    client = openai.OpenAI(base_url=tiny_server, api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": EXAMPLES[0].question}]
     whole = client.chat.completions.create(model="torch-fp32", messages=messages, max_tokens=16, temperature=0)
     usage = whole.usage
@@ -135,9 +128,9 @@ def test_usage_as_openai_clients_read_it(server):
     assert all(chunk.usage is None for chunk in chunks[:-1])
 
 
-def test_a_continued_assistant_message_is_continued(server):
+def test_a_continued_assistant_message_is_continued(tiny_server):
     """vLLM's continuation fields: the reply resumes the final assistant message."""
-    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=tiny_server, api_key="unused", max_retries=0)
     example = EXAMPLES[0]
     url = "data:image/png;base64," + base64.b64encode(example.files[0].read_bytes()).decode()
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
@@ -154,13 +147,13 @@ def test_a_continued_assistant_message_is_continued(server):
 
 
 @pytest.mark.parametrize("budget", [0, 3])
-def test_remote_thinking_budget_is_kept_by_the_client(server, budget):
+def test_remote_thinking_budget_is_kept_by_the_client(tiny_server, budget):
     """The remote variant never sends a budget (vLLM would drop it): it counts thinking tokens from
     the stream and continues the message with </think><answer> itself."""
     from glm4v_edge.runtime.remote_variant import request_options
 
     assert "thinking_budget" not in str(request_options(Sampling.greedy()))
-    remote = load_variant("remote", url=server)
+    remote = load_variant("remote", url=tiny_server)
     example = EXAMPLES[1]
     events = list(remote.generate([user_message(example.question, images=list(example.files))], max_new_tokens=64,
                                   sampling=Sampling.greedy(), thinking_budget=budget))
@@ -170,7 +163,7 @@ def test_remote_thinking_budget_is_kept_by_the_client(server, budget):
         ["<think></think><answer>"] if budget == 0 else ["</think><answer>"])
     thinking_events = [event for event in events if any(piece.channel == "thinking" for piece in event.pieces)]
     assert len(thinking_events) == budget
-    assert events[-1].prompt_tokens > 0  # usage reported per chunk by the server
+    assert events[-1].prompt_tokens > 0  # usage reported per chunk by the tiny_server
 
 
 def test_a_non_streaming_client_that_leaves_stops_its_generation(rambling_server):

@@ -146,3 +146,13 @@ def test_hub_ids_and_paths_are_told_apart(tmp_path):
     assert checkpoint.resolve_model(None) == str(checkpoint.embedded_model_dir())
     with pytest.raises(Glm4vEdgeError):
         checkpoint.resolve_model("./relative/missing")
+
+
+def test_bounded_load_gives_the_from_pretrained_model(tiny_variant):
+    """The parity reference's loader (one block of the file at a time) builds the same model."""
+    from glm4v_edge.runtime.torch_variant import TorchVariant
+
+    bounded = TorchVariant(None, dtype=torch.float32, device="cpu", bounded_memory=True)
+    ours, theirs = bounded.model.state_dict(), tiny_variant.model.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[name], theirs[name]) for name in ours)
+    assert bounded.model.config.to_dict() == tiny_variant.model.config.to_dict()

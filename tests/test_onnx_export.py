@@ -225,3 +225,13 @@ def test_checkpoint_generation_config_knobs_apply_to_onnx(onnx_fp32):
     ids = torch.tensor([[1, 2, 3]])
     processors = host_logits_processors(onnx_fp32.config, config, ids, torch.ones_like(ids), LogitsProcessorList())
     assert any(isinstance(p, MinPLogitsWarper) for p in processors)
+
+
+@pytest.mark.parametrize("device, fragment", [
+    ("cuda", "no CUDA execution provider"), ("cuda:1", "no CUDA execution provider"),
+    ("cuda:x", "cpu, cuda or cuda:N"), ("cpu:1", "cpu, cuda or cuda:N"), ("tpu", "cpu, cuda or cuda:N"),
+])
+def test_devices_are_checked_before_loading(artifacts, device, fragment):
+    """This machine's onnxruntime is the CPU build: asking for CUDA names what is missing."""
+    assert_one_line_error(run_cli("chat", "Hi", "--variant", "onnx-q4", "--artifacts", str(artifacts),
+                                  "--device", device), fragment)

@@ -37,10 +37,10 @@ def test_forced_side_files_spills_and_blocks_give_the_same_graphs(in_memory_onnx
     import onnx
     from onnx import numpy_helper
 
-    from glm4v_edge.export.checkpoint_reader import CheckpointReader
     from glm4v_edge.export.settings import Q4Settings
     from glm4v_edge.export.streaming import export_graphs
     from glm4v_edge.names import ONNX_DTYPES
+    from glm4v_edge.weights import CheckpointReader
 
     reference = in_memory_onnx
     export_graphs(CheckpointReader(checkpoint.embedded_model_dir()), tmp_path / "forced", ONNX_DTYPES, Q4Settings(),

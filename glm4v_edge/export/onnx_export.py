@@ -20,7 +20,6 @@ import torch
 
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.export.checkpoint_reader import CheckpointReader
 from glm4v_edge.export.settings import ExportSettings
 from glm4v_edge.export.streaming import export_graphs
 from glm4v_edge.files import atomic_directory
@@ -29,6 +28,7 @@ from glm4v_edge.manifest import write_manifest
 from glm4v_edge.parity import NEW_TOKENS, measure_against_reference
 from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.provenance import source_record, tool_versions
+from glm4v_edge.weights import CheckpointReader
 
 TOOLS = ("onnx", "onnxruntime", "onnxscript", "onnx-ir")
 # Output bytes per parameter, for the free-disk check before anything is written (q4 carries
@@ -123,7 +123,7 @@ def measure_parity(source: str, folder: Path, settings: ExportSettings, paramete
     progress.start("parity", 1 + len(settings.dtypes))
     progress.step(f"greedy reference replies from the torch source ({torch_dtype})")
     report = measure_against_reference(
-        lambda: TorchVariant(source, dtype=torch_dtype, device="cpu"),
+        lambda: TorchVariant(source, dtype=torch_dtype, device="cpu", bounded_memory=True),
         {dtype: lambda dtype=dtype: OnnxVariant(folder, dtype=dtype, device="cpu") for dtype in settings.dtypes},
         on_candidate=lambda dtype: progress.step(f"parity of {dtype}"))
     if "fp32" in report.results and torch_dtype == torch.float32:

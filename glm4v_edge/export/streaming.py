@@ -39,13 +39,13 @@ from torch.onnx._internal._lazy_import import onnxscript_apis  # the optimiser t
 from transformers import AutoConfig, Glm4vForConditionalGeneration
 
 from glm4v_edge.errors import Glm4vEdgeError
-from glm4v_edge.export.checkpoint_reader import CheckpointReader, WeightRecipe
 from glm4v_edge.export.graphs import SPECS
 from glm4v_edge.export.precisions import quiet_converters, to_fp16, to_q4
 from glm4v_edge.export.settings import Q4Settings
 from glm4v_edge.export.virtual_tensors import TensorStore, virtual_tensors
 from glm4v_edge.names import GRAPHS, external_data_files, graph_file
 from glm4v_edge.progress import SILENT, Progress
+from glm4v_edge.weights import CheckpointReader, WeightRecipe, check_weights_match, computed_buffers
 
 # Weights of a graph below this size are written inside the .onnx file; above it they go to a
 # side file. Kept well under protobuf's 2 GB (onnx's own limit is 1.8 GB) so an inline graph
@@ -69,43 +69,6 @@ def weightless_model(config) -> tuple[Glm4vForConditionalGeneration, FakeTensorM
     with fake_mode:
         model = Glm4vForConditionalGeneration._from_config(copy.deepcopy(config), dtype=torch.float32)
     return model.eval(), fake_mode
-
-
-def check_weights_match(model: Glm4vForConditionalGeneration, reader: CheckpointReader) -> None:
-    """Every parameter the config implies is in the checkpoint with its shape: checked from the
-    checkpoint's headers before any graph is traced or byte written."""
-    tied = getattr(model, "all_tied_weights_keys", None) or {}
-    for name, parameter in model.named_parameters():
-        key = name if name in reader else tied.get(name)
-        if key is None or key not in reader:
-            raise Glm4vEdgeError(f"the checkpoint has no tensor {name}: the weights do not match config.json")
-        if reader.shapes[key] != tuple(parameter.shape):
-            raise Glm4vEdgeError(f"checkpoint tensor {key} has shape {reader.shapes[key]}, the config gives "
-                                 f"{tuple(parameter.shape)}: the weights do not match config.json")
-
-
-@contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """Parameters go to ``meta`` as they are registered; buffers are computed for real."""
-    register = torch.nn.Module.register_parameter
-
-    def register_on_meta(module, name, param):
-        register(module, name, param)
-        if param is not None:
-            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    torch.nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter = register
-
-
-def computed_buffers(config) -> dict[str, torch.Tensor]:
-    """Buffers the checkpoint does not hold (rotary ``inv_freq``), as the model's constructor makes them."""
-    with _parameters_on_meta():
-        model = Glm4vForConditionalGeneration._from_config(copy.deepcopy(config), dtype=torch.float32)
-    return {name: buffer for name, buffer in model.named_buffers() if buffer.device.type == "cpu"}
 
 
 # --- 2. one graph, traced, with lazy weights -----------------------------------------------------

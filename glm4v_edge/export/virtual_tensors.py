@@ -24,7 +24,7 @@ from onnxruntime.quantization import base_quantizer
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
 from onnxruntime.transformers import float16
 
-from glm4v_edge.export.checkpoint_reader import WeightRecipe
+from glm4v_edge.weights import WeightRecipe
 
 PREFIX = "__streaming__/"  # external-data locations owned by the store; never a real file
 VIRTUAL = PREFIX + "virtual/"

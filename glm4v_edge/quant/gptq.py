@@ -170,7 +170,7 @@ def quantize_gptq(
         progress.step("parity against the source")
         source_name = f"source-{str(dtype).removeprefix('torch.')}"
         parity = measure_against_reference(
-            lambda: TorchVariant(source, dtype=dtype, device=device, name=source_name),
+            lambda: TorchVariant(source, dtype=dtype, device=device, name=source_name, bounded_memory=device == "cpu"),
             {settings.variant: lambda: TorchVariant(staging, dtype=dtype, device=device, name=settings.variant)})
         entry = {
             "kind": "gptq",

@@ -41,25 +41,41 @@ from glm4v_edge.runtime.variant import Sampling, TokenEvent
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
+CUDA = "CUDAExecutionProvider"
+
+
 def default_onnx_device() -> str:
-    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    return "cuda" if CUDA in ort.get_available_providers() else "cpu"
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """"cpu", "cuda" or "cuda:N" -> (onnxruntime's device name, device index), checked."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise Glm4vEdgeError(f"onnx variants run on cpu, cuda or cuda:N, not {device!r}")
+    if kind == "cuda" and CUDA not in ort.get_available_providers():
+        raise Glm4vEdgeError("the installed onnxruntime has no CUDA execution provider: pip install "
+                             "'glm4v-edge[gpu]' (onnxruntime-gpu in place of onnxruntime) on a machine with CUDA")
+    return kind, int(index or 0)
 
 
 class Graph:
-    """One ONNX session plus IO binding on the chosen device."""
+    """One ONNX session plus IO binding on the chosen device: inputs, outputs and the KV cache
+    stay there between steps (on the GPU, the cache never crosses to the host)."""
 
     def __init__(self, path: Path, device: str, threads: int | None):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         if threads:
             options.intra_op_num_threads = threads
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.device, self.device_id = parse_device(device)
+        providers = [(CUDA, {"device_id": self.device_id}), "CPUExecutionProvider"] if self.device == "cuda" \
+            else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
             raise Glm4vEdgeError(f"onnxruntime cannot load {path}: {first_line(error)}") from None
         self.path = path
-        self.device = device
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -67,7 +83,7 @@ class Graph:
         return NUMPY_TYPES[self.input_types[name]]
 
     def value(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
 
     def run(self, inputs: dict[str, np.ndarray | ort.OrtValue]) -> list[ort.OrtValue]:
         binding = self.session.io_binding()
@@ -78,7 +94,7 @@ class Graph:
                 value = self.value(value)
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
-            binding.bind_output(name, self.device)
+            binding.bind_output(name, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()
 
@@ -103,8 +119,7 @@ class OnnxVariant:
         self.folder = Path(artifacts)
         self.manifest = read_manifest(self.folder)
         self.device = device or default_onnx_device()
-        if self.device not in ("cpu", "cuda"):
-            raise Glm4vEdgeError(f"onnx variants run on cpu or cuda, not {self.device!r}")
+        parse_device(self.device)  # a bad device or a missing provider is named before anything loads
         vision_dtype = vision_dtype or dtype
         self.processor = checkpoint.load_processor(self.folder)
         self.config = checkpoint.load_config(self.folder)

@@ -17,6 +17,7 @@ from glm4v_edge import checkpoint
 from glm4v_edge.dims import context_length
 from glm4v_edge.runtime.generation import StopWhenSet, plan_generation
 from glm4v_edge.runtime.variant import Sampling, TokenEvent
+from glm4v_edge.weights import load_bounded
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -49,13 +50,19 @@ class TorchVariant:
 
     def __init__(
         self, model: str | Path | None = None, *, dtype: torch.dtype | None = None,
-        device: str | None = None, name: str | None = None,
+        device: str | None = None, name: str | None = None, bounded_memory: bool = False,
     ):
+        """``bounded_memory``: load on CPU at the memory of the parameters alone (``weights.load_bounded``),
+        for references that must fit a machine exactly; otherwise transformers' ``from_pretrained``."""
         self.device = device or checkpoint.default_device()
         self.dtype = dtype or checkpoint.default_dtype(self.device)
         self.source = checkpoint.resolve_model(model)
         self.processor = checkpoint.load_processor(self.source)
-        self.model = checkpoint.load_model(self.source, dtype=self.dtype, device=self.device)
+        if bounded_memory:
+            self.model = load_bounded(checkpoint.local_checkpoint(self.source), checkpoint.load_config(self.source),
+                                      self.dtype).to(self.device)
+        else:
+            self.model = checkpoint.load_model(self.source, dtype=self.dtype, device=self.device)
         self.config = self.model.config
         self.context_length = context_length(self.config)
         self.generation_config = checkpoint.load_generation_config(self.source)

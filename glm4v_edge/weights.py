@@ -1,20 +1,26 @@
-"""Checkpoint tensors read one at a time, as the fp32 arrays a model loaded in fp32 would hold.
+"""A checkpoint's weights read one tensor (one block) at a time, never the whole file mapped.
 
-A ``WeightRecipe`` names one checkpoint tensor and an optional axis permutation (a ``Transpose``
-the graph optimiser folded into the weight). Nothing is read until ``array()`` is called, and the
-reader keeps at most one result (the optimiser asks for the same array twice in a row).
+``CheckpointReader`` checks every shard up front and reads a tensor in row blocks, reopening the
+file per block: safetensors memory-maps a file, and pages read through a live map stay in the
+process's resident memory until the map is closed (loading a bf16 checkpoint into an fp32 model
+that way peaks at the model plus its whole shard). The streaming ONNX export reads its weights
+through ``WeightRecipe`` (a tensor and an optional axis permutation, read when asked), and
+``load_bounded`` builds a transformers model at the memory of its own parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from transformers import Glm4vForConditionalGeneration
 
 from glm4v_edge.errors import Glm4vEdgeError, first_line
 
@@ -73,27 +79,26 @@ class CheckpointReader:
         return array
 
     def _read_fp32(self, key: str, perm: tuple[int, ...] | None) -> torch.Tensor:
-        """Read in row blocks straight into the fp32 (permuted) result: the only full-size buffer.
+        """Read straight into the fp32 (permuted) result: the only full-size buffer. A cast is
+        exact and element-wise, so permute-then-cast equals cast-then-transpose."""
+        shape = self.shapes[key]
+        out = torch.empty(tuple(shape[axis] for axis in perm) if perm is not None else shape, dtype=torch.float32)
+        # ``out`` seen in the checkpoint's axis order, so rows copy straight in.
+        self.read_into(key, out.permute(tuple(int(axis) for axis in np.argsort(perm))) if perm is not None else out)
+        return out
 
-        A cast is exact and element-wise, so permute-then-cast equals cast-then-transpose.
-        The file is opened once per block: safetensors memory-maps it, and pages read through a
-        live map stay counted in the process's resident memory until the map is closed.
-        """
-        path = str(self.files[key])
-        with safe_open(path, framework="pt") as handle:
-            shape = tuple(handle.get_slice(key).get_shape())
-            if not shape:
-                return handle.get_tensor(key).to(torch.float32)
-        out_shape = tuple(shape[axis] for axis in perm) if perm is not None else shape
-        out = torch.empty(out_shape, dtype=torch.float32)
-        # ``target`` is ``out`` seen in the checkpoint's axis order, so rows copy straight in.
-        target = out.permute(tuple(int(axis) for axis in np.argsort(perm))) if perm is not None else out
+    def read_into(self, key: str, target: torch.Tensor) -> None:
+        """Copy ``key`` into ``target`` (same shape, any dtype: the copy casts) in row blocks."""
+        path, shape = str(self.files[key]), self.shapes[key]
+        if not shape:
+            with safe_open(path, framework="pt") as handle:
+                target.copy_(handle.get_tensor(key))
+            return
         row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * 4)
         rows = max(1, self.block_bytes // row_bytes)
         for start in range(0, shape[0], rows):
-            with safe_open(path, framework="pt") as handle:
+            with safe_open(path, framework="pt") as handle:  # one open per block: see the module's note
                 target[start:start + rows].copy_(handle.get_slice(key)[start:start + rows])
-        return out
 
     def clear_cache(self) -> None:
         self._cached = None
@@ -126,3 +131,59 @@ class WeightRecipe:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * 4
+
+
+def check_weights_match(model: Glm4vForConditionalGeneration, reader: CheckpointReader) -> None:
+    """Every parameter the config implies is in the checkpoint with its shape: checked from the
+    checkpoint's headers before anything is read or written."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    for name, parameter in model.named_parameters():
+        key = name if name in reader else tied.get(name)
+        if key is None or key not in reader:
+            raise Glm4vEdgeError(f"the checkpoint has no tensor {name}: the weights do not match config.json")
+        if reader.shapes[key] != tuple(parameter.shape):
+            raise Glm4vEdgeError(f"checkpoint tensor {key} has shape {reader.shapes[key]}, the config gives "
+                                 f"{tuple(parameter.shape)}: the weights do not match config.json")
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Parameters go to ``meta`` as they are registered; buffers are computed for real."""
+    register = torch.nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def computed_buffers(config) -> dict[str, torch.Tensor]:
+    """Buffers the checkpoint does not hold (rotary ``inv_freq``), as the model's constructor makes them."""
+    with _parameters_on_meta():
+        model = Glm4vForConditionalGeneration._from_config(copy.deepcopy(config), dtype=torch.float32)
+    return {name: buffer for name, buffer in model.named_buffers() if buffer.device.type == "cpu"}
+
+
+def load_bounded(folder: str | Path, config, dtype: torch.dtype) -> Glm4vForConditionalGeneration:
+    """The model ``from_pretrained(folder, dtype=dtype)`` gives (same class, config, tensors: tested),
+    at the memory of its parameters plus one block: they are allocated once and filled block by
+    block. Used for parity references, where a 9B-wide source must fit beside nothing else."""
+    reader = CheckpointReader(folder)
+    buffers = computed_buffers(config)
+    with torch.device("meta"):
+        model = Glm4vForConditionalGeneration._from_config(copy.deepcopy(config), dtype=dtype)
+    check_weights_match(model, reader)
+    model.to_empty(device="cpu")
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            reader.read_into(name if name in reader else tied[name], parameter)
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    return model.eval()

@@ -117,3 +117,30 @@ def test_too_little_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
     free = shutil.disk_usage(tmp_path)._replace(free=10_000)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
     export_fails(checkpoint.embedded_model_dir(), tmp_path / "out", "GB free", "needs about")
+
+
+def test_scratch_file_holds_one_precision_at_a_time(tmp_path):
+    """What a written precision spilled is dropped; what was spilled before the mark stays readable."""
+    from onnx import TensorProto
+
+    from glm4v_edge.export.virtual_tensors import TensorStore
+
+    store = TensorStore(tmp_path / "scratch", spill_threshold=4)
+    kept_tensor = TensorProto(name="skeleton", data_type=TensorProto.UINT8, dims=[8], raw_data=bytes(range(8)))
+    store.spill(kept_tensor)
+    kept = store.mark()
+    store.write(bytes(1000))  # one precision's converted tensors
+    store.release(kept)
+    assert (tmp_path / "scratch").stat().st_size == kept == 8
+    assert store.data(kept_tensor) == bytes(range(8))
+    assert store.write(b"next") == (8, 4)  # the next precision reuses the space
+    store.close()
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_torch_older_than_the_tested_exporter_is_refused(tmp_path, monkeypatch):
+    import torch
+    from torch.torch_version import TorchVersion
+
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.8.0+cu128"))
+    export_fails(checkpoint.embedded_model_dir(), tmp_path / "out", "ONNX export needs torch >= 2.11", "2.8.0")

@@ -35,6 +35,9 @@ TOOLS = ("onnx", "onnxruntime", "onnxscript", "onnx-ir")
 # its block scales; int8 its per-channel scales; fp32 is written only when asked).
 BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "q4": 0.6, "q4f16": 0.6, "int8": 1.05}
 DISK_MARGIN = 1.1
+# torch.onnx's dynamo exporter in torch 2.8 (measured) fixes the decoder's position_ids to the example's
+# shape; 2.11 and 2.14 export correct graphs (tested). The graphs themselves run anywhere.
+EXPORT_TORCH = "2.11"
 # What a torch process needs beside the weights for parity on the short fixed prompts
 # (interpreter, libraries, activations), measured on the medium shape: ~1 GiB.
 PARITY_OVERHEAD_BYTES = 1.5 * 2**30
@@ -48,8 +51,17 @@ def save_processor_files(source: str, folder: Path) -> None:
         checkpoint.load_processor(source).save_pretrained(folder)
 
 
+def check_torch_version() -> None:
+    if torch.__version__ < EXPORT_TORCH:
+        raise Glm4vEdgeError(f"ONNX export needs torch >= {EXPORT_TORCH} (torch {torch.__version__}'s exporter "
+                             "fixes the decoder's input shapes); chat, the demo and GPTQ run with it")
+
+
 def check_free_disk(out: Path, parameters: int, dtypes: tuple[str, ...]) -> None:
-    needed = DISK_MARGIN * parameters * sum(BYTES_PER_PARAMETER[dtype] for dtype in dtypes)
+    # A converted precision passes through the streaming export's scratch file before it is written
+    # (one precision at a time): the largest one counts twice.
+    scratch = max((BYTES_PER_PARAMETER[dtype] for dtype in dtypes if dtype != "fp32"), default=0.0)
+    needed = DISK_MARGIN * parameters * (sum(BYTES_PER_PARAMETER[dtype] for dtype in dtypes) + scratch)
     parent = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
     free = shutil.disk_usage(parent).free
     if free < needed:
@@ -83,6 +95,7 @@ def export_onnx(
 ) -> dict:
     """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest."""
     started = time.perf_counter()
+    check_torch_version()
     source = checkpoint.resolve_model(model)
     config = checkpoint.load_config(source)
     reader = CheckpointReader(checkpoint.local_checkpoint(source))  # every shard checked before any work

@@ -8,10 +8,13 @@ quantized per call).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+from types import ModuleType
 
 import onnx
 
@@ -39,12 +42,33 @@ def quiet_converters() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@cache
+def int4_quantizer() -> ModuleType:
+    """onnxruntime's ``matmul_nbits_quantizer`` module, imported without the
+    ``logging.basicConfig(level=INFO)`` it runs at import: that would print every graph pass
+    of the export (onnx_ir logs each initializer it deduplicates) for the rest of the process."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    module = importlib.import_module("onnxruntime.quantization.matmul_nbits_quantizer")
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    return module
+
+
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_converters():
         return convert_float_to_float16(model, keep_io_types=False,
                                         op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))
+
+
+def without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph without the intermediate shapes the exporter recorded, for ``quantize_dynamic``:
+    onnxruntime before 1.32 re-infers shapes strictly and refuses one the dynamo exporter records
+    in the vision encoder (128 vs 384); with 1.32 the int8 nodes and weights are the same either way."""
+    del model.graph.value_info[:]
+    return model
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -78,9 +102,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_q4(model: onnx.ModelProto, settings: Q4Settings) -> onnx.ModelProto:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    quantizer = MatMulNBitsQuantizer(
+    quantizer = int4_quantizer().MatMulNBitsQuantizer(
         gemm_to_matmul(model), bits=4, block_size=settings.block_size, is_symmetric=settings.symmetric,
         accuracy_level=settings.accuracy_level, op_types_to_quantize=("MatMul", "Gather"),
     )

@@ -40,7 +40,7 @@ from transformers import AutoConfig, Glm4vForConditionalGeneration
 
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.graphs import SPECS
-from glm4v_edge.export.precisions import quiet_converters, to_fp16, to_q4
+from glm4v_edge.export.precisions import quiet_converters, to_fp16, to_q4, without_value_info
 from glm4v_edge.export.settings import Q4Settings
 from glm4v_edge.export.virtual_tensors import TensorStore, virtual_tensors
 from glm4v_edge.names import GRAPHS, external_data_files, graph_file
@@ -113,9 +113,6 @@ def trace_graph(graph: str, model, fake_mode, reader: CheckpointReader, buffers:
         if key is not None:
             if value.const_value.dtype != ir.DataType.FLOAT:
                 raise TypeError(f"{graph}: weight {name} is {value.const_value.dtype}; only fp32 weights are streamed")
-            if reader.shapes[key] != shape:  # checked now, before gigabytes are written
-                raise Glm4vEdgeError(f"checkpoint tensor {key} has shape {reader.shapes[key]}, the config gives "
-                                     f"{shape}: the weights do not match config.json")
             value.const_value = RecipeTensor(WeightRecipe(reader, key, shape), name)
         elif (buffer := next((buffers[c] for c in candidates if c in buffers), None)) is not None:
             value.const_value = ir.Tensor(buffer.numpy(), name=name)
@@ -239,7 +236,7 @@ def _quantize_dynamic(model: onnx.ModelProto, destination: Path) -> onnx.ModelPr
 
     onnx.save_model = capture
     try:
-        quantize_dynamic(model, destination, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(without_value_info(model), destination, weight_type=QuantType.QInt8, per_channel=True)
     finally:
         onnx.save_model = save
     return result["model"]
@@ -332,6 +329,7 @@ def export_graphs(reader: CheckpointReader, out_dir: str | Path, dtypes: tuple[s
                 files[path.name] = write_fp32(onnx_model, path, progress, inline_limit)
             proto = skeleton(onnx_model, store)
             del onnx_model
+            kept = store.mark()  # the skeleton's own spilled tensors
             for dtype in dtypes:
                 if dtype == "fp32":
                     continue
@@ -339,7 +337,10 @@ def export_graphs(reader: CheckpointReader, out_dir: str | Path, dtypes: tuple[s
                 path = out_dir / graph_file(graph, dtype)
                 files[path.name] = write_converted(convert(proto, dtype, q4, store, path), path, store, progress,
                                                    inline_limit)
+                store.release(kept)
                 reader.clear_cache()
+            del proto
+            store.release(0)
     finally:
         store.close()
     return files

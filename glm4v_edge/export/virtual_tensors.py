@@ -21,10 +21,12 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, external_data_helper, numpy_helper
 from onnxruntime.quantization import base_quantizer
-from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
 from onnxruntime.transformers import float16
 
+from glm4v_edge.export.precisions import int4_quantizer
 from glm4v_edge.weights import WeightRecipe
+
+DefaultWeightOnlyQuantizer = int4_quantizer().DefaultWeightOnlyQuantizer
 
 PREFIX = "__streaming__/"  # external-data locations owned by the store; never a real file
 VIRTUAL = PREFIX + "virtual/"
@@ -154,6 +156,18 @@ class TensorStore:
     def spill_graph(self, graph: onnx.GraphProto) -> None:
         for tensor in graph.initializer:
             self.spill(tensor)
+
+    def mark(self) -> int:
+        """The scratch file's length now, for ``release``."""
+        return self._scratch_file().tell()
+
+    def release(self, mark: int) -> None:
+        """Drop what was spilled after ``mark`` (a precision once written), so the scratch file
+        holds one conversion at a time, not every precision's."""
+        handle = self._scratch_file()
+        handle.flush()
+        handle.truncate(mark)
+        handle.seek(mark)
 
     def close(self) -> None:
         if self._scratch_handle is not None:

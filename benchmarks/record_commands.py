@@ -11,6 +11,7 @@ machine. This is how the export and quantization memory figures in README were m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -32,10 +33,8 @@ SAMPLE_S = 0.05
 def tree_rss(process: psutil.Process) -> int:
     total = 0
     for member in [process, *process.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):  # ended between listing and reading
             total += member.memory_info().rss
-        except psutil.Error:  # ended between listing and reading
-            pass
     return total
 
 

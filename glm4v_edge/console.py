@@ -163,6 +163,6 @@ def print_eval(report) -> None:
 def print_bench(record: dict, paths: list) -> None:
     for variant, row in record["summary"].items():
         if row["status"] != "ok":
-            errors.print(f"{variant}: failed: {row['error']}", style="red", markup=False)
+            errors.print(f"{variant}: {row['status']}: {row['error']}", style="red", markup=False)
     console.print(paths[1].read_text(), markup=False, soft_wrap=True)
     console.print("wrote " + ", ".join(str(p) for p in paths), soft_wrap=True)

@@ -27,13 +27,13 @@ class Background:
     """A slow build in its own process, started at collection and waited for by the first test
     that needs it, so the tests that need nothing go on meanwhile (2 cores, mostly one busy)."""
 
-    def __init__(self, module: str, out: Path):
+    def __init__(self, command: list[str], env: dict[str, str], out: Path):
         self.out = out
         self.log = tempfile.TemporaryFile(mode="w+")
         # One thread: the builds share 2 cores with the tests; more threads would only spin.
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-m", module, str(out)], stdout=self.log,
-                                        stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=Path(__file__).resolve().parents[1])
 
     def wait(self) -> Path:
         if self.process.wait(timeout=1800) != 0:
@@ -42,7 +42,15 @@ class Background:
         return self.out
 
 
-BACKGROUND = {"artifacts": "tests.build_artifacts", "in_memory_onnx": "tests.reference_export"}
+# fixture -> (command, extra environment) for a build writing into its own folder OUT
+BACKGROUND = {
+    "artifacts": lambda out: ([sys.executable, "-m", "tests.build_artifacts", str(out)], {}),
+    "in_memory_onnx": lambda out: ([sys.executable, "-m", "tests.reference_export", str(out)], {}),
+    # The GPU script's own steps on CPU with the embedded model (tests/test_gpu_script.py).
+    "gpu_script_run": lambda out: (["bash", "benchmarks/gpu/run.sh"], {
+        "DEVICE": "cpu", "PRESET": "embedded", "RUNS": "1", "OUT": str(out / "results"), "WORK": str(out / "work"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}),
+}
 BUILDS: dict[str, Background] = {}
 BUILD_ROOT = Path(tempfile.mkdtemp(prefix="glm4v-edge-tests-"))
 
@@ -53,7 +61,7 @@ def pytest_collection_modifyitems(session, config, items):
 
     used = {name for item in items for name in getattr(item, "fixturenames", ())}
     for name in sorted(used & set(BACKGROUND)):
-        BUILDS[name] = Background(BACKGROUND[name], BUILD_ROOT / name)
+        BUILDS[name] = Background(*BACKGROUND[name](BUILD_ROOT / name), BUILD_ROOT / name)
     for name in sorted(used & set(SERVER_ARGS)):
         SERVERS[name] = ServeProcess(*SERVER_ARGS[name]())
     # The tests that need a background build run last (stable sort: file order kept otherwise).
@@ -86,6 +94,12 @@ def artifacts() -> Path:
     """The embedded model built once: every ONNX precision and a GPTQ int4 checkpoint, one manifest
     (tests.build_artifacts). Tests that damage artifacts work on a copy."""
     return BUILDS["artifacts"].wait()
+
+
+@pytest.fixture(scope="session")
+def gpu_script_run() -> Path:
+    """benchmarks/gpu/run.sh run on CPU with the embedded model: its folder (results/, work/)."""
+    return BUILDS["gpu_script_run"].wait()
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,34 @@ def test_unknown_and_unscorable_variants_are_refused_before_starting(artifacts, 
     assert_one_line_error(bench(artifacts, "--variants", "remote", "--out", str(tmp_path)),
                           "remote cannot be benchmarked")
     assert_one_line_error(bench(artifacts, "--prompts", "long", "--out", str(tmp_path)), "unknown prompt set")
+    assert_one_line_error(bench(artifacts, "--variants", "rtn-int4", "--out", str(tmp_path)), "holds no rtn-int4")
     assert not list(tmp_path.iterdir())  # refused before measuring anything
+
+
+def test_onnx_on_cuda_without_onnxruntime_gpu_is_a_not_run_row(tmp_path):
+    """The GPU script's plan on a machine whose onnxruntime lacks the CUDA provider (this one):
+    the ONNX rows are planned as "not run" with the reason, the torch rows run."""
+    import onnxruntime
+
+    from glm4v_edge.bench.benchmark import plan_bench
+    from glm4v_edge.bench.settings import BenchSettings
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    plan = plan_bench(BenchSettings(tmp_path, variants="torch-bf16,onnx-q4f16", baseline="torch-fp16", device="cuda"))
+    assert plan.variants == ["torch-bf16"]
+    assert plan.not_run == {"onnx-q4f16": "onnxruntime-gpu not installed (this onnxruntime has no CUDA execution "
+                                          "provider)"}
+
+
+def test_torch_variants_need_no_build_in_the_artifacts_folder(tmp_path):
+    """The GPU script benchmarks the torch rows even when nothing could be built there."""
+    from glm4v_edge.runtime.registry import load_from
+
+    assert load_from("torch-fp32", None, tmp_path / "nothing-built").name == "torch-fp32"
+    assert_one_line_error(bench(tmp_path / "nothing-built", "--variants", "onnx-q4", "--out", str(tmp_path)),
+                          "artifacts folder not found")
+    assert not list(tmp_path.glob("*.json"))  # refused before measuring anything
 
 
 def color_rows(count: int) -> list[shapes.Sample]:

@@ -18,7 +18,8 @@ class BenchPlan:
     """What will run, decided before anything is loaded."""
 
     baseline: str
-    variants: list[str]  # the others, in order
+    variants: list[str]  # the others that can run here, in order
+    not_run: dict[str, str]  # variant -> why it cannot run here (a "not run" row in the report)
     device: str
     task_questions: int
 
@@ -26,7 +27,7 @@ class BenchPlan:
 def plan_bench(settings: BenchSettings) -> BenchPlan:
     """Check every choice up front (a bad name fails in one line, before any process starts)."""
     from glm4v_edge.checkpoint import default_device
-    from glm4v_edge.runtime.registry import built_variants, check_measurable
+    from glm4v_edge.runtime.registry import built_variants, check_built, check_measurable, unavailable
 
     if settings.prompts not in PROMPT_SET_NAMES:
         raise Glm4vEdgeError(f"unknown prompt set {settings.prompts!r}; choose {', '.join(PROMPT_SET_NAMES)}")
@@ -39,10 +40,15 @@ def plan_bench(settings: BenchSettings) -> BenchPlan:
     else:
         chosen = [name.strip() for name in settings.variants.split(",") if name.strip()]
     check_measurable([baseline, *chosen])
+    if reason := unavailable(baseline, device):
+        raise Glm4vEdgeError(f"the baseline {baseline} cannot run here: {reason}")
+    not_run = {name: reason for name in chosen if (reason := unavailable(name, device))}
     task_questions = settings.task_questions
     if task_questions is None:
         task_questions = EMBEDDED_TASK_QUESTIONS if settings.model is None else 0
-    return BenchPlan(baseline, [name for name in chosen if name != baseline], device, task_questions)
+    runnable = [name for name in chosen if name != baseline and name not in not_run]
+    check_built(runnable, settings.artifacts)
+    return BenchPlan(baseline, runnable, not_run, device, task_questions)
 
 
 def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dict, list[Path]]:
@@ -63,6 +69,8 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
               public_set=str(settings.public_set) if settings.public_set else None,
               public_limit=settings.public_limit)
     results = run_benchmark(job, plan.variants, progress)
+    results.update({name: {"status": "not run", "name": name, "error": reason}
+                    for name, reason in plan.not_run.items()})
     recorded = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()}
     recorded.update(model=settings.model or "embedded tiny model", device=plan.device,
                     task_questions=plan.task_questions, isolation="each variant in its own spawned process")

@@ -33,6 +33,7 @@ class PromptSet:
 PROMPT_SETS = {
     "quick": PromptSet(image_sizes=(224,), prompt_tokens=(128,), decode_tokens=16),
     "standard": PromptSet(image_sizes=(224, 448, 896), prompt_tokens=(128, 512, 2048), decode_tokens=64),
+    "gpu": PromptSet(image_sizes=(448, 896), prompt_tokens=(512, 2048), decode_tokens=64),  # the card's GPU run
     "none": PromptSet(image_sizes=(), prompt_tokens=(), decode_tokens=0),  # accuracy-only runs
 }
 

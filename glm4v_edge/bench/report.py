@@ -44,7 +44,7 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
     rows = {}
     for name, result in results.items():
         if result.get("status") != "ok":
-            rows[name] = {"status": "failed", "error": result.get("error")}
+            rows[name] = {"status": result.get("status", "failed"), "error": result.get("error")}
             continue
         row = {"status": "ok", "size_mb": round(result["artifact_bytes"] / 1e6, 2), "load_s": result["load_s"]}
         for key in (*keys, "ttft", "decode"):
@@ -123,7 +123,7 @@ def markdown(record: dict) -> str:
     ]
     for name, row in summary.items():
         if row["status"] != "ok":
-            lines.append(f"| {name} | failed: {row['error']} |" + " |" * (12 + len(stages)))
+            lines.append(f"| {name} | {row['status']}: {row['error']} |" + " |" * (12 + len(stages)))
             continue
         cells = [name, _fmt(row["size_mb"]), _fmt(row["load_s"], ".2f")]
         for s in (*stages, "ttft"):

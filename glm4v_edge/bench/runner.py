@@ -58,7 +58,8 @@ def measure(job: Job) -> dict:
     variant = _load(job)
     result: dict[str, Any] = {"status": "ok", "name": variant.name,
                               "load_s": round(time.perf_counter() - started, 3),
-                              "artifact_bytes": variant.artifact_bytes, "decoder_bytes": variant.decoder_bytes}
+                              "artifact_bytes": variant.artifact_bytes, "decoder_bytes": variant.decoder_bytes,
+                              "details": variant.details}
     result["latency"] = measure_latency(variant, PROMPT_SETS[job.prompt_set], job.runs)
     prompts = accuracy.fidelity_prompts(job.fidelity_prompts)
     baseline = job.references is None

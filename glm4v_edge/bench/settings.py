@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BASELINES = ("torch-fp32", "torch-fp16", "torch-bf16")
-PROMPT_SET_NAMES = ("standard", "quick", "none")  # none: accuracy only, no latency
+PROMPT_SET_NAMES = ("standard", "quick", "gpu", "none")  # gpu: 448/896 px, 512/2048 tokens; none: accuracy only
 
 
 @dataclass(frozen=True)

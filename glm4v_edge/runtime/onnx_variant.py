@@ -137,6 +137,8 @@ class OnnxVariant:
         self.decoder_bytes = self.graph_bytes(self.decoder)
         suffix = "" if vision_dtype == dtype else f"+vision-{vision_dtype}"
         self.name = name or onnx_variant(dtype) + suffix
+        self.details = {"dtype": dtype, "vision_dtype": vision_dtype, "device": self.device,
+                        "providers": self.decoder.session.get_providers(), "onnxruntime": ort.__version__}
 
     def _graph(self, graph: str, dtype: str, threads: int | None) -> Graph:
         name = graph_file(graph, dtype)

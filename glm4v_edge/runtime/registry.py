@@ -39,14 +39,15 @@ class Registered:
     extra: str  # the glm4v-edge extra that installs them
     measurable: bool = True  # runs here on its own processor: scored and stage-timed by the benchmark
     why_not: str = ""  # when not measurable: one line saying why
+    from_build: bool = False  # loaded from an artifacts folder (export / quantize), not from the source
 
 
 VARIANTS: dict[str, Registered] = {}
 
 
 def register(name: str, loader: Loader, requires: tuple[str, ...], extra: str, *, measurable: bool = True,
-             why_not: str = "") -> None:
-    VARIANTS[name] = Registered(loader, requires, extra, measurable, why_not)
+             why_not: str = "", from_build: bool = False) -> None:
+    VARIANTS[name] = Registered(loader, requires, extra, measurable, why_not, from_build)
 
 
 def variant_names() -> list[str]:
@@ -61,6 +62,19 @@ def missing_packages(name: str) -> str | None:
     if not missing:
         return None
     return f"needs {', '.join(missing)}: pip install 'glm4v-edge[{entry.extra}]'"
+
+
+def unavailable(name: str, device: str) -> str | None:
+    """Why variant ``name`` cannot run on ``device`` here (None: it can): a missing package, or
+    ONNX on CUDA without onnxruntime-gpu's CUDA execution provider."""
+    missing = missing_packages(name)
+    if missing or not name.startswith("onnx-") or not device.startswith("cuda"):
+        return missing
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "onnxruntime-gpu not installed (this onnxruntime has no CUDA execution provider)"
+    return None
 
 
 def _importable(module: str) -> bool:
@@ -94,7 +108,8 @@ def load_from(name: str, model: str | Path | None, artifacts: str | Path | None,
               remote_url: str | None = None, remote_model: str | None = None, **options) -> Variant:
     """Load ``name`` from a build: the artifacts folder goes to the variants it holds, the
     remote variant gets the endpoint, the rest load ``model`` (the source checkpoint)."""
-    if artifacts is not None and name in built_variants(artifacts):
+    check_known([name])
+    if artifacts is not None and VARIANTS[name].from_build and name in built_variants(artifacts):
         options["artifacts"] = artifacts
     if name == REMOTE:
         model = remote_model
@@ -106,6 +121,16 @@ def built_variants(artifacts: str | Path) -> list[str]:
     """The variant names an artifacts folder holds, from its manifest (ONNX precisions, then GPTQ)."""
     manifest = read_manifest(Path(artifacts))
     return [*(onnx_variant(dtype) for dtype in manifest.get("dtypes", [])), *manifest.get("variants", {})]
+
+
+def check_built(names: list[str], artifacts: str | Path) -> None:
+    """Refuse, in one line, a variant that comes from a build the artifacts folder does not hold."""
+    wanted = [name for name in names if VARIANTS[name].from_build]
+    if wanted:
+        built = built_variants(artifacts)
+        if missing := [name for name in wanted if name not in built]:
+            raise Glm4vEdgeError(f"{artifacts} holds no {', '.join(missing)} "
+                                 f"(built there: {', '.join(built) or 'none'})")
 
 
 def verified_subfolder(artifacts: Path, name: str) -> Path:
@@ -129,7 +154,7 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _torch_loader(dtype_name: str | None) -> Loader:
+def _torch_loader(dtype_name: str | None, cache: str | None = None, compiled: bool = False) -> Loader:
     def load(model, device: str | None = None, artifacts: str | Path | None = None, threads: int | None = None):
         import torch
 
@@ -140,7 +165,7 @@ def _torch_loader(dtype_name: str | None) -> Loader:
         _set_threads(threads)
         dtype = None if dtype_name is None else {"fp32": torch.float32, "bf16": torch.bfloat16,
                                                  "fp16": torch.float16}[dtype_name]
-        return TorchVariant(model, dtype=dtype, device=device)
+        return TorchVariant(model, dtype=dtype, device=device, cache=cache, compiled=compiled)
     return load
 
 
@@ -186,12 +211,15 @@ TORCH = ("torch", "transformers")
 register(torch_variant(None), _torch_loader(None), TORCH, "all")  # fp32 on CPU, bf16 on CUDA
 for _dtype in TORCH_DTYPES:
     register(torch_variant(_dtype), _torch_loader(_dtype), TORCH, "all")
+    # transformers' static KV cache, as generated eagerly and with the decode step compiled
+    register(torch_variant(_dtype) + "-static", _torch_loader(_dtype, cache="static"), TORCH, "all")
+    register(torch_variant(_dtype) + "-compiled", _torch_loader(_dtype, cache="static", compiled=True), TORCH, "all")
 for _dtype in ONNX_DTYPES:
-    register(onnx_variant(_dtype), _onnx_loader(_dtype), (*TORCH, "onnxruntime"), "onnx")
+    register(onnx_variant(_dtype), _onnx_loader(_dtype), (*TORCH, "onnxruntime"), "onnx", from_build=True)
 for _method in GPTQ_METHODS:
     for _bits in GPTQ_BITS:
         _name = quantized_variant(_method, _bits)
-        register(_name, _gptq_loader(_name), (*TORCH, "gptqmodel", "optimum"), "gptq")
+        register(_name, _gptq_loader(_name), (*TORCH, "gptqmodel", "optimum"), "gptq", from_build=True)
 register(REMOTE, _remote_loader, ("openai",), "demo", measurable=False,  # --model: the served model's id
          why_not="it streams text from a server (no logits, no stage timings here); benchmark the served "
                  "variant on the serving machine")

@@ -51,9 +51,12 @@ class TorchVariant:
     def __init__(
         self, model: str | Path | None = None, *, dtype: torch.dtype | None = None,
         device: str | None = None, name: str | None = None, bounded_memory: bool = False,
+        cache: str | None = None, compiled: bool = False,
     ):
         """``bounded_memory``: load on CPU at the memory of the parameters alone (``weights.load_bounded``),
-        for references that must fit a machine exactly; otherwise transformers' ``from_pretrained``."""
+        for references that must fit a machine exactly; otherwise transformers' ``from_pretrained``.
+        ``cache``: transformers' cache implementation for ``generate`` (e.g. "static"); ``compiled``:
+        let ``generate`` compile the decode step (transformers does it with a static cache)."""
         self.device = device or checkpoint.default_device()
         self.dtype = dtype or checkpoint.default_dtype(self.device)
         self.source = checkpoint.resolve_model(model)
@@ -69,7 +72,14 @@ class TorchVariant:
         self.tokens = checkpoint.SpecialTokens.from_checkpoint(
             self.model.config, self.processor.tokenizer, self.generation_config
         )
-        self.name = name or f"torch-{DTYPE_NAMES.get(self.dtype, str(self.dtype))}"
+        self.cache, self.compiled = cache, compiled
+        suffix = "-compiled" if compiled else f"-{cache}" if cache else ""
+        self.name = name or f"torch-{DTYPE_NAMES.get(self.dtype, str(self.dtype))}{suffix}"
+        first_linear = self.model.model.language_model.layers[0].mlp.gate_up_proj
+        self.details = {"dtype": str(self.dtype).removeprefix("torch."), "device": self.device,
+                        "cache": cache or "dynamic",
+                        "compiled": compiled and self.device.startswith("cuda"),  # transformers compiles on CUDA only
+                        "linear_kernel": type(first_linear).__name__}  # a GPTQ checkpoint's kernel, as loaded
         self.decoder_bytes = tensor_bytes(self.model.model.language_model.layers, self.model.model.language_model.norm,
                                           self.model.lm_head)
         folder = Path(self.source)
@@ -87,6 +97,9 @@ class TorchVariant:
         continue_final_message: bool = False,
     ) -> Iterator[TokenEvent]:
         plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget, continue_final_message)
+        if self.cache:
+            plan.config.cache_implementation = self.cache
+            plan.config.disable_compile = not self.compiled
         inputs = self._on_device(plan.batch)
         streamer = QueueStreamer()
         halt = threading.Event()  # set when the consumer stops reading

@@ -118,6 +118,7 @@ class MeasurableVariant(Variant, Protocol):
     context_length: int  # prompt + reply tokens it can hold
     artifact_bytes: int  # size on disk of the files this variant loaded
     decoder_bytes: int  # weight bytes one decode step reads (decoder layers + lm_head): the bandwidth floor
+    details: dict  # how it runs (dtype, device, kernel or execution providers), for the report
 
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
         """Teacher-forced logits (batch, seq, vocab) as float32 for a processor-made batch."""

@@ -141,27 +141,32 @@ def markdown(record: dict) -> str:
 def plots(record: dict, stem: Path) -> list[Path]:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot is imported (by the plotting helpers)
+    rows = {name: row for name, row in record["summary"].items() if row["status"] == "ok"}
+    written = [] if not measured_latency(record) else _latency_plots(record, rows, stem)
+
+    def accuracy(row: dict) -> float:  # task accuracy, else top-1 agreement; the baseline agrees with itself
+        return next((value for value in (row["task_accuracy"], row["top1_agreement"]) if value is not None), 1.0)
+
+    written.append(_scatter({name: (row["size_mb"], 100 * accuracy(row)) for name, row in rows.items()},
+                            "size on disk (MB)", "task accuracy (%), else top-1 agreement with baseline",
+                            "accuracy vs size", stem.with_name(stem.name + "-accuracy-vs-size.png")))
+    return written
+
+
+def _scatter(points: dict[str, tuple[float, float]], xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """One labelled point per variant."""
     import matplotlib.pyplot as plt
 
-    rows = {name: row for name, row in record["summary"].items() if row["status"] == "ok"}
-    names = list(rows)
-    written = [] if not measured_latency(record) else _latency_plots(record, rows, stem)
     figure, axis = plt.subplots(figsize=(6, 4))
-    for name in names:
-        accuracy = rows[name]["task_accuracy"]
-        if accuracy is None:
-            accuracy = rows[name]["top1_agreement"]
-        if accuracy is None:
-            accuracy = 1.0  # the baseline agrees with itself
-        axis.scatter(rows[name]["size_mb"], 100 * accuracy)
-        axis.annotate(name, (rows[name]["size_mb"], 100 * accuracy), fontsize=7)
-    axis.set_xlabel("size on disk (MB)")
-    axis.set_ylabel("task accuracy (%), else top-1 agreement with baseline")
-    axis.set_title("accuracy vs size")
+    for name, (x, y) in points.items():
+        axis.scatter(x, y)
+        axis.annotate(name, (x, y), fontsize=7)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     figure.tight_layout()
-    written.append(_save(figure, stem.with_name(stem.name + "-accuracy-vs-size.png")))
-    return written
+    return _save(figure, path)
 
 
 def _latency_plots(record: dict, rows: dict[str, dict], stem: Path) -> list[Path]:
@@ -184,15 +189,9 @@ def _latency_plots(record: dict, rows: dict[str, dict], stem: Path) -> list[Path
     figure.tight_layout()
     written.append(_save(figure, stem.with_name(stem.name + "-latency.png")))
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name in names:
-        axis.scatter(rows[name]["peak_rss_mib"], rows[name]["tokens_per_s"] or 0)
-        axis.annotate(name, (rows[name]["peak_rss_mib"], rows[name]["tokens_per_s"] or 0), fontsize=7)
-    axis.set_xlabel("peak RSS (MiB)")
-    axis.set_ylabel("decode tokens/s")
-    axis.set_title("decode speed vs memory")
-    figure.tight_layout()
-    written.append(_save(figure, stem.with_name(stem.name + "-decode-vs-memory.png")))
+    written.append(_scatter({name: (row["peak_rss_mib"], row["tokens_per_s"] or 0) for name, row in rows.items()},
+                            "peak RSS (MiB)", "decode tokens/s", "decode speed vs memory",
+                            stem.with_name(stem.name + "-decode-vs-memory.png")))
     return written
 
 

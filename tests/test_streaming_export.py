@@ -144,3 +144,21 @@ def test_torch_older_than_the_tested_exporter_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "__version__", TorchVersion("2.8.0+cu128"))
     export_fails(checkpoint.embedded_model_dir(), tmp_path / "out", "ONNX export needs torch >= 2.11", "2.8.0")
+
+
+def test_repeated_cast_nodes_of_older_fp16_converters_are_kept_once():
+    """onnxruntime 1.30's float16 converter repeats one Cast per consumer (same name and output)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from glm4v_edge.export.precisions import without_repeated_nodes
+
+    cast = helper.make_node("Cast", ["x"], ["x_fp32"], name="x_cast_to_fp32_node", to=TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [cast, onnx.NodeProto.FromString(cast.SerializeToString()), helper.make_node("Neg", ["x_fp32"], ["y"]),
+         helper.make_node("Abs", ["x_fp32"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2]) for name in ("y", "z")])
+    model = without_repeated_nodes(helper.make_model(graph))
+    assert [node.op_type for node in model.graph.node] == ["Cast", "Neg", "Abs"]
+    onnx.checker.check_model(model, full_check=True)

@@ -19,8 +19,9 @@ OUT=${OUT:-benchmarks/results}
 WORK=${WORK:-/tmp/glm4v-edge-gpu}
 mkdir -p "$WORK"
 
-# 1. The project, without touching the machine's own torch / transformers / onnx / onnxruntime.
-if ! python3 -c "import glm4v_edge" 2>/dev/null; then
+# 1. What the machine lacks (the project runs from this checkout), without touching its own
+#    torch / transformers / onnx / onnxruntime.
+if ! python3 -c "import gptqmodel, optimum" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" benchmarks/gpu/wheelhouse/*.whl
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -59,8 +59,25 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_converters():
-        return convert_float_to_float16(model, keep_io_types=False,
-                                        op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))
+        return without_repeated_nodes(convert_float_to_float16(
+            model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS)))
+
+
+def without_repeated_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with each exactly repeated node kept once. onnxruntime 1.30's float16 converter
+    inserts one identical Cast (same name, same output) per fp32-kept consumer of a tensor, and
+    onnxruntime then refuses to load the graph; 1.32's inserts one, so this changes nothing there."""
+    seen: set[bytes] = set()
+    kept = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    if len(kept) < len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return model
 
 
 def without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -142,8 +142,8 @@ def test_torch_older_than_the_tested_exporter_is_refused(tmp_path, monkeypatch):
     import torch
     from torch.torch_version import TorchVersion
 
-    monkeypatch.setattr(torch, "__version__", TorchVersion("2.8.0+cu128"))
-    export_fails(checkpoint.embedded_model_dir(), tmp_path / "out", "ONNX export needs torch >= 2.11", "2.8.0")
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.11.0+cu130"))
+    export_fails(checkpoint.embedded_model_dir(), tmp_path / "out", "ONNX export needs torch >= 2.14", "2.11.0")
 
 
 def test_repeated_cast_nodes_of_older_fp16_converters_are_kept_once():

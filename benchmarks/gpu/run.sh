@@ -37,9 +37,15 @@ BUILD="$WORK/build-$PRESET"
 rm -rf "$BUILD"
 
 # 3. ONNX fp16 / q4f16, only where they can run: on CPU, or on CUDA with onnxruntime-gpu (the
-#    bounded-memory export; its parity is left to the benchmark's fidelity columns).
+#    bounded-memory export; its parity is left to the benchmark's fidelity columns). Where they
+#    cannot run, the benchmark writes a "not run" row for each; where the export fails (it refuses
+#    an older torch), the other rows still run.
+ONNX=onnx-fp16,onnx-q4f16
 if [ "$DEVICE" = cpu ] || python3 -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
-    run export onnx "${MODEL[@]}" --out "$BUILD" --dtypes fp16,q4f16 --no-parity
+    if ! run export onnx "${MODEL[@]}" --out "$BUILD" --dtypes fp16,q4f16 --no-parity; then
+        echo "run.sh: onnx-fp16, onnx-q4f16 not run: glm4v-edge export onnx failed (its error is above)" >&2
+        ONNX=
+    fi
 fi
 
 # 4. Int4 by GPTQModel, into the same folder: round-to-nearest in GPTQ format (calibrating 40
@@ -56,5 +62,5 @@ fi
 # 5. Every variant against torch fp16, each in its own process (an ONNX variant that cannot run
 #    here is a "not run" row saying why).
 run bench --artifacts "$BUILD" "${MODEL[@]}" --device "$DEVICE" --baseline torch-fp16 \
-    --variants "$VARIANTS,onnx-fp16,onnx-q4f16" \
+    --variants "$VARIANTS${ONNX:+,$ONNX}" \
     --prompts gpu --runs "$RUNS" --task-questions 0 --out "$OUT" --name "gpu-$PRESET"

@@ -33,7 +33,6 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 import torch
-from onnx import TensorProto
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.onnx._internal._lazy_import import onnxscript_apis  # the optimiser torch.onnx.export runs
 from transformers import AutoConfig, Glm4vForConditionalGeneration
@@ -42,7 +41,7 @@ from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.graphs import SPECS
 from glm4v_edge.export.precisions import quiet_converters, to_fp16, to_q4, without_value_info
 from glm4v_edge.export.settings import Q4Settings
-from glm4v_edge.export.virtual_tensors import TensorStore, virtual_tensors
+from glm4v_edge.export.virtual_tensors import TensorStore, set_external, virtual_tensors
 from glm4v_edge.names import GRAPHS, external_data_files, graph_file
 from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.weights import CheckpointReader, WeightRecipe, check_weights_match, computed_buffers
@@ -269,7 +268,7 @@ def write_converted(model: onnx.ModelProto, path: Path, store: TensorStore, prog
             if external and sys.getsizeof(b"") + size >= 1024:
                 offset = data_file.tell()
                 data_file.write(memoryview(data).cast("B"))
-                _set_external(tensor, data_name, offset, size)
+                set_external(tensor, data_name, offset, size)
             else:
                 tensor.ClearField("data_location")  # proto2: an explicit DEFAULT would be serialised
                 del tensor.external_data[:]
@@ -281,16 +280,6 @@ def write_converted(model: onnx.ModelProto, path: Path, store: TensorStore, prog
         data_path.unlink(missing_ok=True)
     onnx.save_model(model, str(path))
     return total
-
-
-def _set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:
-    """What ``onnx.external_data_helper.set_external_data`` records, without needing raw_data in memory."""
-    tensor.ClearField("raw_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", offset), ("length", length)):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, str(value)
 
 
 # --- the entry point ------------------------------------------------------------------------------

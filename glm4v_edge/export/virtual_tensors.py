@@ -46,6 +46,16 @@ def _external_field(tensor: TensorProto, key: str) -> int:
     return int(next(entry.value for entry in tensor.external_data if entry.key == key))
 
 
+def set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+    """What ``onnx.external_data_helper.set_external_data`` records, without needing raw_data in memory."""
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
+
+
 class TensorStore:
     """Checkpoint recipes and a scratch file, addressed through external-data references."""
 
@@ -147,11 +157,7 @@ class TensorStore:
 
     @staticmethod
     def refer(tensor: TensorProto, offset: int, length: int) -> None:
-        tensor.data_location = TensorProto.EXTERNAL
-        del tensor.external_data[:]
-        for key, value in (("location", SPILLED), ("offset", offset), ("length", length)):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, str(value)
+        set_external(tensor, SPILLED, offset, length)
 
     def spill_graph(self, graph: onnx.GraphProto) -> None:
         for tensor in graph.initializer:

@@ -11,7 +11,7 @@ import torch
 
 from glm4v_edge import checkpoint
 from glm4v_edge.export.graphs import SPECS
-from glm4v_edge.export.precisions import quiet_converters, to_fp16, to_q4, without_value_info
+from glm4v_edge.export.precisions import int8_options, quiet_converters, to_fp16, to_q4, without_value_info
 from glm4v_edge.export.settings import Q4Settings
 from glm4v_edge.names import GRAPHS, ONNX_DTYPES, graph_file
 
@@ -23,11 +23,10 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 def convert(fp32_path: Path, dtype: str, out_path: Path, q4: Q4Settings) -> None:
     if dtype == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import quantize_dynamic
 
         with quiet_converters():
-            quantize_dynamic(without_value_info(onnx.load_model(str(fp32_path))), out_path,
-                             weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(without_value_info(onnx.load_model(str(fp32_path))), out_path, **int8_options())
         return
     model = onnx.load_model(str(fp32_path))
     if dtype in ("fp16", "q4f16"):

@@ -12,10 +12,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, Glm4vForConditionalGeneration
+from transformers import AttentionInterface, Glm4vForConditionalGeneration
 from transformers.vision_utils import get_vision_position_ids
 
 from glm4v_edge.dims import kv_shape
+from glm4v_edge.export import contrib_ops
+from glm4v_edge.export.contrib_ops import gqa, rms_norm, rotary, skip_rms_norm
 from glm4v_edge.names import (
     DECODER_INPUTS,
     EMBED_INPUT,
@@ -29,6 +31,20 @@ from glm4v_edge.names import (
 )
 
 OPSET = 21  # int4 types (MatMulNBits, GatherBlockQuantized) need 21; GridSample "cubic" naming
+FUSED_ATTENTION = "glm4v_edge_fused"
+
+
+def fused_attention(module, query, key, value, attention_mask, scaling, **kwargs):
+    """transformers' attention interface for the vision tower, as one MultiHeadAttention node
+    (``contrib_ops.attention``): (1, heads, patches, head_dim) in, (1, patches, heads, head_dim) out."""
+    if attention_mask is not None or scaling != query.shape[-1] ** -0.5:
+        raise ValueError("the fused vision attention takes no mask and the default scale")
+    batch, heads, seq, head_dim = query.shape
+    flat = [t.transpose(1, 2).reshape(batch, seq, heads * head_dim) for t in (query, key, value)]
+    return contrib_ops.attention(*flat, heads).view(batch, seq, heads, head_dim), None
+
+
+AttentionInterface.register(FUSED_ATTENTION, fused_attention)
 
 
 class VisionEncoder(torch.nn.Module):
@@ -47,9 +63,14 @@ class VisionEncoder(torch.nn.Module):
         # [0, patches] from tensor ops: a Python int here would be frozen into the graph.
         patches = torch.ones_like(pixel_values[:, 0], dtype=torch.int32).sum(0, keepdim=True)
         cu_seqlens = torch.nn.functional.pad(patches, (1, 0))
-        return self.visual(
-            pixel_values.to(self.visual.dtype), grid_thw, position_ids=position_ids, cu_seqlens=cu_seqlens
-        ).pooler_output
+        config = self.visual.config
+        chosen, config._attn_implementation = config._attn_implementation, FUSED_ATTENTION
+        try:
+            return self.visual(
+                pixel_values.to(self.visual.dtype), grid_thw, position_ids=position_ids, cu_seqlens=cu_seqlens
+            ).pooler_output
+        finally:
+            config._attn_implementation = chosen
 
 
 class EmbedTokens(torch.nn.Module):
@@ -64,27 +85,49 @@ class EmbedTokens(torch.nn.Module):
 class Decoder(torch.nn.Module):
     """inputs_embeds + mask + 3D positions + past key/values -> logits + present key/values.
 
-    ``num_logits_to_keep`` (>= 1) returns only the last positions' logits, so a long prefill
-    never materialises (sequence, vocab) logits.
+    transformers' Glm4vTextModel layer by layer, on its own modules and weights, with the pieces
+    onnxruntime has fused kernels for written as ``contrib_ops`` (RMSNorm, residual + RMSNorm,
+    rotary, grouped-query attention with the cache). ``num_logits_to_keep`` (>= 1) returns only
+    the last positions' logits, so a long prefill never materialises (sequence, vocab) logits.
     """
 
     def __init__(self, model: Glm4vForConditionalGeneration):
         super().__init__()
         self.language_model = model.model.language_model
         self.lm_head = model.lm_head
-        self.layers = model.config.text_config.num_hidden_layers
+        text = model.config.text_config
+        self.heads, self.kv_heads = text.num_attention_heads, text.num_key_value_heads
+        head_dim = text.hidden_size // text.num_attention_heads
+        self.rotary_dim = int(head_dim * text.rope_parameters.get("partial_rotary_factor", 1.0))
 
     def forward(self, inputs_embeds, attention_mask, position_ids, num_logits_to_keep, past_key_values):
-        cache = DynamicCache(config=self.language_model.config)
-        for layer in range(self.layers):
-            cache.update(past_key_values[2 * layer], past_key_values[2 * layer + 1], layer)
-        hidden = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, use_cache=True,
-        ).last_hidden_state
+        model = self.language_model
+        # (batch, seq, rotary_dim) with each pair's value repeated: one value per rotated pair
+        cos, sin = (t[..., 0::2] for t in model.rotary_emb(inputs_embeds, position_ids))
+        layers = model.layers
+        first = layers[0].input_layernorm
+        hidden, residual = rms_norm(inputs_embeds, first.weight, first.variance_epsilon), inputs_embeds
+        presents = []
+        for index, layer in enumerate(layers):
+            attn = layer.self_attn
+            query = rotary(attn.q_proj(hidden), cos, sin, self.heads, self.rotary_dim)
+            key = rotary(attn.k_proj(hidden), cos, sin, self.kv_heads, self.rotary_dim)
+            past_key, past_value = past_key_values[2 * index], past_key_values[2 * index + 1]
+            out, key, value = gqa(query, key, attn.v_proj(hidden), past_key, past_value, attention_mask,
+                                  self.heads, self.kv_heads)
+            presents += [key, value]
+            hidden, residual = self._residual_norm(attn.o_proj(out), layer.post_self_attn_layernorm,
+                                                   residual, layer.post_attention_layernorm)
+            following = layers[index + 1].input_layernorm if index + 1 < len(layers) else model.norm
+            hidden, residual = self._residual_norm(layer.mlp(hidden), layer.post_mlp_layernorm, residual, following)
         logits = self.lm_head(hidden[:, hidden.shape[1] - num_logits_to_keep:])
-        presents = [tensor for layer in cache.layers for tensor in (layer.keys, layer.values)]
         return (logits, *presents)
+
+    @staticmethod
+    def _residual_norm(branch, branch_norm, residual, next_norm):
+        """GLM's sandwich norm: residual + norm(branch), then the next block's input norm."""
+        normed = rms_norm(branch, branch_norm.weight, branch_norm.variance_epsilon)
+        return skip_rms_norm(normed, residual, next_norm.weight, next_norm.variance_epsilon)
 
 
 @dataclass
@@ -99,13 +142,14 @@ class GraphSpec:
 
     def export(self, **options) -> torch.onnx.ONNXProgram:
         """``torch.onnx.export(dynamo=True)`` at this project's opset (``options``: e.g. optimize)."""
+        contrib_ops.register_schemas()
         with warnings.catch_warnings():
             # Dims shared by several inputs are reported once per input; nothing to act on.
             warnings.filterwarnings("ignore", message="# The axis name")
             return torch.onnx.export(
                 self.module.eval(), self.args, dynamo=True, opset_version=OPSET, verbose=False,
                 dynamic_shapes=self.dynamic_shapes, input_names=self.input_names, output_names=self.output_names,
-                **options)
+                custom_translation_table=contrib_ops.TRANSLATIONS, **options)
 
 
 def vision_encoder_spec(model: Glm4vForConditionalGeneration) -> GraphSpec:

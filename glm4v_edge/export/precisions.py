@@ -59,8 +59,20 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_converters():
-        return without_repeated_nodes(convert_float_to_float16(
-            model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS)))
+        return with_float_statistics(without_repeated_nodes(convert_float_to_float16(
+            model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))))
+
+
+def with_float_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float16 converter types every output of a converted node float16, but
+    SkipSimplifiedLayerNormalization's ``mean`` and ``inv_std_var`` (outputs 1 and 2, unused
+    here) are always float: onnxruntime refuses the graph otherwise."""
+    statistics = {name for node in model.graph.node if node.op_type == "SkipSimplifiedLayerNormalization"
+                  for name in node.output[1:3]}
+    for info in model.graph.value_info:
+        if info.name in statistics:
+            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return model
 
 
 def without_repeated_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -86,6 +98,15 @@ def without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
     in the vision encoder (128 vs 384); with 1.32 the int8 nodes and weights are the same either way."""
     del model.graph.value_info[:]
     return model
+
+
+def int8_options() -> dict:
+    """``quantize_dynamic``'s arguments for int8. Shape inference stops at onnxruntime's contrib
+    ops (onnx has no schema for them), so the quantizer is told the graph's float type."""
+    from onnxruntime.quantization import QuantType
+
+    return {"weight_type": QuantType.QInt8, "per_channel": True,
+            "extra_options": {"DefaultTensorType": onnx.TensorProto.FLOAT}}
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:

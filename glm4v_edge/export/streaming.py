@@ -39,7 +39,7 @@ from transformers import AutoConfig, Glm4vForConditionalGeneration
 
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.graphs import SPECS
-from glm4v_edge.export.precisions import quiet_converters, to_fp16, to_q4, without_value_info
+from glm4v_edge.export.precisions import int8_options, quiet_converters, to_fp16, to_q4, without_value_info
 from glm4v_edge.export.settings import Q4Settings
 from glm4v_edge.export.virtual_tensors import TensorStore, set_external, virtual_tensors
 from glm4v_edge.names import GRAPHS, external_data_files, graph_file
@@ -222,7 +222,7 @@ def convert(skeleton_proto: onnx.ModelProto, dtype: str, q4: Q4Settings, store: 
 
 def _quantize_dynamic(model: onnx.ModelProto, destination: Path) -> onnx.ModelProto:
     """``quantize_dynamic`` as precisions.convert calls it; its final save is intercepted, not written."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_dynamic
 
     result: dict = {}
     save = onnx.save_model
@@ -235,7 +235,7 @@ def _quantize_dynamic(model: onnx.ModelProto, destination: Path) -> onnx.ModelPr
 
     onnx.save_model = capture
     try:
-        quantize_dynamic(without_value_info(model), destination, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(without_value_info(model), destination, **int8_options())
     finally:
         onnx.save_model = save
     return result["model"]

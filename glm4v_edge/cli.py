@@ -135,7 +135,7 @@ def bench(
     model: ModelOption = None,
     variants: Annotated[str, typer.Option(help="'all' (what the artifacts hold) or a comma-separated list.")] = "all",
     baseline: Annotated[str | None, typer.Option(
-        help="torch-fp32, torch-fp16 or torch-bf16. Default: fp32 on CPU, bf16 on CUDA.")] = None,
+        help="Any variant (torch-bf16, onnx-q4...). Default: torch-fp32 on CPU, torch-bf16 on CUDA.")] = None,
     prompts: Annotated[str, typer.Option(help="Prompt set: standard (3 image sizes, 3 lengths), quick, or none "
                                          "(accuracy only).")] = BenchSettings.prompts,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per stage after one warm-up.")] = BenchSettings.runs,
@@ -146,15 +146,15 @@ def bench(
     public_set: Annotated[Path | None, typer.Option(
         help="A local multiple-choice benchmark (datasets folder or parquet: MMStar, MMBench, MathVista).")] = None,
     public_limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N public questions.")] = None,
-    device: DeviceOption = None,
-    threads: ThreadsOption = None,
+    device: DeviceOption = None, threads: ThreadsOption = None,
     out: Annotated[Path | None, typer.Option(help="Folder for JSON, Markdown, PNGs. Default: ARTIFACTS/bench.")] = None,
     name: Annotated[str | None, typer.Option(help="Report name. Default: the artifacts folder's name.")] = None,
+    peer: Annotated[Path | None, typer.Option(help="GGUF of the decoder: a llama.cpp row (llama-bench)")] = None,
 ) -> None:
     """Latency, memory, size and accuracy of every variant against the baseline, each in its own process."""
     from glm4v_edge.bench.benchmark import run_bench
     settings = BenchSettings(artifacts, model, variants, baseline, prompts, runs, task_questions, fidelity_prompts,
-                             public_set, public_limit, device, threads, out, name)
+                             public_set, public_limit, device, threads, out, name, peer)
     with progress_bars() as progress:
         record, paths = run_bench(settings, progress)
     print_bench(record, paths)

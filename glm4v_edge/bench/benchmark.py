@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from glm4v_edge.bench.settings import BASELINES, PROMPT_SET_NAMES, BenchSettings
+from glm4v_edge.bench.settings import PROMPT_SET_NAMES, BenchSettings
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.progress import SILENT, Progress
 
@@ -33,8 +33,10 @@ def plan_bench(settings: BenchSettings) -> BenchPlan:
         raise Glm4vEdgeError(f"unknown prompt set {settings.prompts!r}; choose {', '.join(PROMPT_SET_NAMES)}")
     device = settings.device or default_device()
     baseline = settings.baseline or ("torch-bf16" if device.startswith("cuda") else "torch-fp32")
-    if baseline not in BASELINES:
-        raise Glm4vEdgeError(f"--baseline must be {', '.join(BASELINES)}, not {baseline!r}")
+    if settings.peer is not None:
+        from glm4v_edge.bench.peer import check_peer
+
+        check_peer(settings.peer)
     if settings.variants == "all":
         chosen = built_variants(settings.artifacts)
     else:
@@ -47,7 +49,7 @@ def plan_bench(settings: BenchSettings) -> BenchPlan:
     if task_questions is None:
         task_questions = EMBEDDED_TASK_QUESTIONS if settings.model is None else 0
     runnable = [name for name in chosen if name != baseline and name not in not_run]
-    check_built(runnable, settings.artifacts)
+    check_built([baseline, *runnable], settings.artifacts)
     return BenchPlan(baseline, runnable, not_run, device, task_questions)
 
 
@@ -59,7 +61,7 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
     from glm4v_edge.machine import describe_machine
 
     plan = plan_bench(settings)
-    progress.start("bench", 2 + len(plan.variants))
+    progress.start("bench", 2 + len(plan.variants) + (settings.peer is not None))
     progress.step("measuring memory bandwidth")
     copy_threads = settings.threads or default_threads()  # the threads the variants run on
     bandwidth = copy_bandwidth_gbs(plan.device, threads=copy_threads)
@@ -69,6 +71,14 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
               public_set=str(settings.public_set) if settings.public_set else None,
               public_limit=settings.public_limit)
     results = run_benchmark(job, plan.variants, progress)
+    if settings.peer is not None:
+        from glm4v_edge.bench.latency import PROMPT_SETS
+        from glm4v_edge.bench.peer import measure_peer
+
+        progress.step(f"measuring the llama.cpp peer ({settings.peer.name})")
+        peer = measure_peer(settings.peer, copy_threads, results, PROMPT_SETS[settings.prompts].decode_tokens,
+                            settings.runs)
+        results[peer["name"]] = peer
     results.update({name: {"status": "not run", "name": name, "error": reason}
                     for name, reason in plan.not_run.items()})
     recorded = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()}

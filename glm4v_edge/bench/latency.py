@@ -86,6 +86,7 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
                                 "prompt_tokens": int(batch["input_ids"].shape[1])}
 
     messages = [user_message("Describe the image in detail.", images=[image_of(prompts.image_sizes[0])])]
+    first_prompt_tokens = int(build_batch(processor, [messages])["input_ids"].shape[1])
     first, steps, generated = [], [], []
     for run in range(runs + 1):
         times = [event.elapsed_s for event in variant.generate(
@@ -99,7 +100,8 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
     return {
         "vision": vision,
         "prefill": prefill,
-        "time_to_first_token": {**stats(first), "image_px": prompts.image_sizes[0]} if first else None,
+        "time_to_first_token": ({**stats(first), "image_px": prompts.image_sizes[0],
+                                 "prompt_tokens": first_prompt_tokens} if first else None),
         "decode": decode and {**decode, "tokens_per_s": round(1000 / decode["median_ms"], 2),
                               "tokens_per_run": generated},
     }

@@ -53,7 +53,9 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
         decode = (result.get("latency") or {}).get("decode") or {}
         row["decode_p90_ms"] = decode.get("p90_ms")
         row["tokens_per_s"] = decode.get("tokens_per_s")
-        row["floor_ms_per_token"] = floor_ms_per_token(result["decoder_bytes"], bandwidth_gbs)
+        row["peer"] = result.get("peer")  # e.g. "llama.cpp": measured by its own tool, not a variant
+        row["floor_ms_per_token"] = (floor_ms_per_token(result["decoder_bytes"], bandwidth_gbs)
+                                     if result.get("decoder_bytes") else None)
         row["decode_vs_floor"] = (round(row["decode_ms"] / row["floor_ms_per_token"], 2)
                                   if row["decode_ms"] and row["floor_ms_per_token"] else None)
         row["peak_rss_mib"] = result.get("peak_rss_mib")
@@ -68,6 +70,10 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
         row["task_replies_identical"] = (result.get("task") or {}).get("replies_identical_to_baseline")
         row["public_accuracy"] = (result.get("public_set") or {}).get("accuracy")
         rows[name] = row
+    peers = [row for row in rows.values() if row.get("peer")]
+    for row in rows.values():  # > 1: faster than the peer, measured in this run
+        for peer in peers:
+            row[f"decode_vs_{peer['peer']}"] = _ratio(peer["decode_ms"], row.get("decode_ms"))
     return rows
 
 
@@ -135,7 +141,24 @@ def markdown(record: dict) -> str:
                   row["identical_replies"] or "–", task_cell(row), _fmt(row["public_accuracy"], ".1%")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Floor: decoder weight bytes / copy bandwidth, the least time one decode step can take."]
+    lines += peer_lines(summary)
     return "\n".join(lines) + "\n"
+
+
+def peer_lines(summary: dict[str, dict]) -> list[str]:
+    """What a peer row is, and each variant's decode speed relative to it."""
+    lines = []
+    for peer_name, peer in summary.items():
+        if peer["status"] != "ok" or not peer.get("peer"):
+            continue
+        key = f"decode_vs_{peer['peer']}"
+        ratios = ", ".join(f"{name} **{row[key]:.2f}x**" for name, row in summary.items()
+                           if row["status"] == "ok" and not row.get("peer") and row.get(key))
+        lines += ["", f"{peer_name}: a peer measured in this run by its own benchmark tool (llama-bench) on a GGUF "
+                  "of the same decoder, same threads, prefill lengths and decode length (decode after a context as "
+                  "long as the time-to-first-token prompt; means over its repetitions, so no p90). Decode speed "
+                  f"relative to it (its ms/token / the variant's; above 1 is faster): {ratios or 'none measured'}."]
+    return lines
 
 
 def plots(record: dict, stem: Path) -> list[Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-BASELINES = ("torch-fp32", "torch-fp16", "torch-bf16")
 PROMPT_SET_NAMES = ("standard", "quick", "gpu", "none")  # gpu: 448/896 px, 512/2048 tokens; none: accuracy only
 
 
@@ -25,6 +24,7 @@ class BenchSettings:
     threads: int | None = None
     out: Path | None = None  # None: <artifacts>/bench (committed evidence is written on purpose)
     name: str | None = None  # None: the artifacts folder's name
+    peer: Path | None = None  # a GGUF of the same decoder, run by llama-bench in the same run
 
     @property
     def results_folder(self) -> Path:

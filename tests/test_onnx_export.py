@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from glm4v_edge import shapes
+from glm4v_edge.checkpoint import load_config
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.manifest import read_manifest
 from glm4v_edge.names import GRAPHS, graph_file
@@ -200,6 +202,25 @@ def test_fp16_graph_keeps_reductions_in_fp32(artifacts):
     assert inputs["inputs_embeds"] == onnx.TensorProto.FLOAT16
     ops = {n.op_type for n in model.graph.node}
     assert "Cast" in ops  # casts around the ops kept in fp32
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "q4"])
+def test_graphs_use_onnxruntime_fused_ops(artifacts, dtype):
+    """One fused node per norm, rotary and attention; no unfused attention left in the decoder
+    (its repeat-KV Expand and Softmax) and none in the vision tower."""
+    import onnx
+
+    text = load_config(artifacts).text_config
+    decoder = collections.Counter(n.op_type for n in onnx.load(
+        str(artifacts / graph_file("decoder_model_merged", dtype)), load_external_data=False).graph.node)
+    layers = text.num_hidden_layers
+    assert decoder["GroupQueryAttention"] == layers and decoder["RotaryEmbedding"] == 2 * layers
+    assert decoder["SkipSimplifiedLayerNormalization"] == 2 * layers
+    assert decoder["SimplifiedLayerNormalization"] == 2 * layers + 1  # 2 branch norms per layer + the first
+    assert decoder["Softmax"] == 0 and decoder["Pow"] == 0
+    vision = collections.Counter(n.op_type for n in onnx.load(
+        str(artifacts / graph_file("vision_encoder", dtype)), load_external_data=False).graph.node)
+    assert vision["MultiHeadAttention"] == load_config(artifacts).vision_config.depth and vision["Softmax"] == 0
 
 
 def test_same_seed_samples_the_same_tokens_on_torch_and_onnx(tiny_variant, onnx_fp32):

@@ -104,38 +104,39 @@ def skip_rms_norm_onnx(x, skip, weight, eps: float):
 
 
 @torch.library.custom_op("glm4v_edge::rotary", mutates_args=())
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, rotary_dim: int) -> torch.Tensor:
+def rotary(x: torch.Tensor, position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor,
+           heads: int, rotary_dim: int) -> torch.Tensor:
     """GLM's interleaved rotary on the first ``rotary_dim`` dims of each head (partial rotary).
 
-    ``x``: (batch, seq, heads * head_dim); ``cos``/``sin``: (batch, seq, rotary_dim / 2), one value
-    per rotated pair and token: M-RoPE's three position axes are already mixed in by the caller.
+    ``x``: (batch, seq, heads * head_dim); ``cos_cache``/``sin_cache``: (rows, rotary_dim / 2), one
+    value per rotated pair; ``position_ids``: (batch, seq) rows of the caches.
     """
     batch, seq, _ = x.shape
-    half = rotary_dim // 2
     heads_x = x.view(batch, seq, heads, -1)
-    rotated, passed = heads_x[..., :2 * half], heads_x[..., 2 * half:]
+    rotated, passed = heads_x[..., :rotary_dim], heads_x[..., rotary_dim:]
     even, odd = rotated[..., 0::2], rotated[..., 1::2]
-    c, s = cos[:, :, None].to(x.dtype), sin[:, :, None].to(x.dtype)
+    c, s = cos_cache[position_ids][:, :, None].to(x.dtype), sin_cache[position_ids][:, :, None].to(x.dtype)
     out = torch.stack((even * c - odd * s, odd * c + even * s), dim=-1).flatten(-2)
     return torch.cat((out, passed), dim=-1).reshape(batch, seq, -1)
 
 
 @rotary.register_fake
-def _(x, cos, sin, heads, rotary_dim):
+def _(x, position_ids, cos_cache, sin_cache, heads, rotary_dim):
     return torch.empty_like(x)
 
 
-def rotary_onnx(x, cos, sin, heads: int, rotary_dim: int):
-    # onnxruntime looks cos/sin up by position id; giving every (batch, token) its own row of the
-    # cache and id keeps M-RoPE's per-token mix of the three axes.
-    shape = op.Shape(cos)
-    rows = op.Mul(op.Gather(shape, 0), op.Gather(shape, 1))
-    half = op.Gather(shape, 2, axis=0)
-    table_shape = op.Concat(op.Unsqueeze(rows, [0]), op.Unsqueeze(half, [0]), axis=0)
-    ids = op.Reshape(op.Range(op.Constant(value_int=0), rows, op.Constant(value_int=1)), op.Slice(shape, [0], [2]))
-    cos_table, sin_table = op.Reshape(cos, table_shape), op.Reshape(sin, table_shape)
-    return MSFT.RotaryEmbedding(x, ids, op.CastLike(cos_table, x), op.CastLike(sin_table, x),
-                                interleaved=1, num_heads=heads, rotary_embedding_dim=rotary_dim)
+def rotary_onnx(x, position_ids, cos_cache, sin_cache, heads: int, rotary_dim: int):
+    return MSFT.RotaryEmbedding(x, position_ids, cos_cache, sin_cache, interleaved=1, num_heads=heads,
+                                rotary_embedding_dim=rotary_dim)
+
+
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """M-RoPE's per-token angles (batch, seq, rotary_dim / 2) as ``rotary``'s inputs: every
+    (batch, token) gets its own cache row and position id, which keeps the mix of the three
+    position axes that a cache indexed by one position could not."""
+    batch, seq, half = cos.shape
+    ids = torch.arange(batch * seq, device=cos.device).view(batch, seq)
+    return ids, cos.reshape(batch * seq, half), sin.reshape(batch * seq, half)
 
 
 # --- decoder attention -----------------------------------------------------------------------
@@ -143,13 +144,14 @@ def rotary_onnx(x, cos, sin, heads: int, rotary_dim: int):
 
 @torch.library.custom_op("glm4v_edge::gqa", mutates_args=())
 def gqa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor,
-        past_value: torch.Tensor, attention_mask: torch.Tensor, heads: int,
-        kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Causal grouped-query attention with a key/value cache.
+        past_value: torch.Tensor, seqlens_k: torch.Tensor, total_sequence_length: torch.Tensor,
+        attention_bias: torch.Tensor, heads: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal grouped-query attention with a key/value cache, as GroupQueryAttention computes it
+    when every row holds all past + new positions (``seqlens_k`` = total - 1).
 
     ``query``: (batch, seq, heads * head_dim); ``key``/``value``: (batch, seq, kv_heads * head_dim);
-    ``past_*``: (batch, kv_heads, past, head_dim); ``attention_mask``: (batch, past + seq), 0 for
-    padding. Returns (output (batch, seq, heads * head_dim), present key, present value).
+    ``past_*``: (batch, kv_heads, past, head_dim); ``attention_bias``: (batch, 1, seq, total), added
+    to the scores (padding). Returns (output (batch, seq, heads * head_dim), present key, present value).
     """
     batch, seq, _ = query.shape
     head_dim = past_key.shape[-1]
@@ -160,37 +162,36 @@ def gqa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: t
     groups = heads // kv_heads
     scores = q @ k.repeat_interleave(groups, dim=1).transpose(2, 3) / math.sqrt(head_dim)
     causal = torch.ones(seq, total, dtype=torch.bool).tril(total - seq)
-    keep = causal[None, None] & attention_mask[:, None, None, :].bool()
-    scores = scores.float() + torch.where(keep, 0.0, MASKED)
+    scores = scores.float().masked_fill(~causal, float("-inf")) + attention_bias.float()
     probs = scores.softmax(-1).to(v.dtype)
     out = (probs @ v.repeat_interleave(groups, dim=1)).transpose(1, 2).reshape(batch, seq, -1)
     return out, k, v
 
 
 @gqa.register_fake
-def _(query, key, value, past_key, past_value, attention_mask, heads, kv_heads):
+def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, attention_bias, heads, kv_heads):
     batch, seq, _ = query.shape
     present = past_key.new_empty(batch, kv_heads, past_key.shape[2] + seq, past_key.shape[3])
     return torch.empty_like(query), present, torch.empty_like(present)
 
 
-def gqa_onnx(query, key, value, past_key, past_value, attention_mask, heads: int, kv_heads: int):
-    # Every row holds all past + new positions (seqlens_k = total - 1); left padding is masked by
-    # an additive bias, which GroupQueryAttention adds to the causal scores.
-    mask_shape = op.Shape(attention_mask)
-    total = op.Gather(mask_shape, 1)
-    seqlens = op.Cast(op.Sub(op.ReduceSum(op.CastLike(op.Expand(op.Constant(value_int=1), mask_shape), total),
-                                          [1], keepdims=0), op.Constant(value_int=1)), to=6)
-    total32 = op.Cast(total, to=6)
-    padding = op.Sub(op.Constant(value_float=1.0), op.CastLike(attention_mask, op.Constant(value_float=1.0)))
-    bias = op.Unsqueeze(op.Mul(padding, op.Constant(value_float=MASKED)), [1, 2])  # (batch, 1, 1, total)
-    queries = op.Slice(op.Shape(query), [1], [2])
-    bias_shape = op.Concat(op.Slice(mask_shape, [0], [1]), op.Constant(value_ints=[1]), queries,
-                           op.Slice(mask_shape, [1], [2]), axis=0)
-    bias = op.CastLike(op.Expand(bias, bias_shape), query)  # GroupQueryAttention wants (batch, 1, seq, total)
-    outputs = MSFT.GroupQueryAttention(query, key, value, past_key, past_value, seqlens, total32, None, None,
-                                       None, bias, num_heads=heads, kv_num_heads=kv_heads)
+def gqa_onnx(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, attention_bias,
+             heads: int, kv_heads: int):
+    outputs = MSFT.GroupQueryAttention(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
+                                       None, None, None, attention_bias, num_heads=heads, kv_num_heads=kv_heads)
     return outputs[0], outputs[1], outputs[2]
+
+
+def gqa_lengths_and_bias(attention_mask: torch.Tensor, seq: int,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``gqa``'s shared inputs from the (batch, past + seq) mask: every row holds all positions
+    (``seqlens_k`` = total - 1, int32) and left padding is masked by an additive bias (batch, 1,
+    seq, total), finite so a fully padded row never makes NaN (and fp16-safe)."""
+    batch, total = attention_mask.shape
+    seqlens = torch.full((batch,), total - 1, dtype=torch.int32, device=attention_mask.device)
+    total_length = torch.full((), total, dtype=torch.int32, device=attention_mask.device)
+    bias = (1.0 - attention_mask.to(dtype))[:, None, None, :] * MASKED
+    return seqlens, total_length, bias.expand(batch, 1, seq, total)
 
 
 # --- vision attention ------------------------------------------------------------------------

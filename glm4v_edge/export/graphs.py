@@ -17,7 +17,7 @@ from transformers.vision_utils import get_vision_position_ids
 
 from glm4v_edge.dims import kv_shape
 from glm4v_edge.export import contrib_ops
-from glm4v_edge.export.contrib_ops import gqa, rms_norm, rotary, skip_rms_norm
+from glm4v_edge.export.contrib_ops import gqa, gqa_lengths_and_bias, rms_norm, rotary, rotary_tables, skip_rms_norm
 from glm4v_edge.names import (
     DECODER_INPUTS,
     EMBED_INPUT,
@@ -102,18 +102,21 @@ class Decoder(torch.nn.Module):
 
     def forward(self, inputs_embeds, attention_mask, position_ids, num_logits_to_keep, past_key_values):
         model = self.language_model
-        # (batch, seq, rotary_dim) with each pair's value repeated: one value per rotated pair
+        # Computed once for every layer: rotary tables (transformers gives each pair's angle
+        # twice, one value per rotated pair is kept), attention lengths and padding bias.
         cos, sin = (t[..., 0::2] for t in model.rotary_emb(inputs_embeds, position_ids))
+        rotary_ids, cos_cache, sin_cache = rotary_tables(cos, sin)
+        lengths = gqa_lengths_and_bias(attention_mask, inputs_embeds.shape[1], inputs_embeds.dtype)
         layers = model.layers
         first = layers[0].input_layernorm
         hidden, residual = rms_norm(inputs_embeds, first.weight, first.variance_epsilon), inputs_embeds
         presents = []
         for index, layer in enumerate(layers):
             attn = layer.self_attn
-            query = rotary(attn.q_proj(hidden), cos, sin, self.heads, self.rotary_dim)
-            key = rotary(attn.k_proj(hidden), cos, sin, self.kv_heads, self.rotary_dim)
+            query = rotary(attn.q_proj(hidden), rotary_ids, cos_cache, sin_cache, self.heads, self.rotary_dim)
+            key = rotary(attn.k_proj(hidden), rotary_ids, cos_cache, sin_cache, self.kv_heads, self.rotary_dim)
             past_key, past_value = past_key_values[2 * index], past_key_values[2 * index + 1]
-            out, key, value = gqa(query, key, attn.v_proj(hidden), past_key, past_value, attention_mask,
+            out, key, value = gqa(query, key, attn.v_proj(hidden), past_key, past_value, *lengths,
                                   self.heads, self.kv_heads)
             presents += [key, value]
             hidden, residual = self._residual_norm(attn.o_proj(out), layer.post_self_attn_layernorm,

@@ -21,8 +21,10 @@ import onnx
 from glm4v_edge.export.settings import Q4Settings
 
 # Kept in fp32 inside fp16 graphs: reductions and exponentials whose intermediate values
-# leave fp16's range (RMSNorm's mean of squares, softmax) and the position-embedding resampler.
-FP32_OPS = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Exp", "GridSample", "Cos", "Sin")
+# leave fp16's range (RMSNorm's mean of squares, softmax), the position-embedding resampler, and
+# the fused RMSNorms (in fp16 they flipped greedy tokens of the embedded model's q4f16 parity).
+FP32_OPS = ("Pow", "ReduceMean", "Sqrt", "Reciprocal", "Softmax", "Exp", "GridSample", "Cos", "Sin",
+            "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
 
 
 @contextmanager
@@ -59,20 +61,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_converters():
-        return with_float_statistics(without_repeated_nodes(convert_float_to_float16(
-            model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))))
-
-
-def with_float_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The float16 converter types every output of a converted node float16, but
-    SkipSimplifiedLayerNormalization's ``mean`` and ``inv_std_var`` (outputs 1 and 2, unused
-    here) are always float: onnxruntime refuses the graph otherwise."""
-    statistics = {name for node in model.graph.node if node.op_type == "SkipSimplifiedLayerNormalization"
-                  for name in node.output[1:3]}
-    for info in model.graph.value_info:
-        if info.name in statistics:
-            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return model
+        return without_repeated_nodes(convert_float_to_float16(
+            model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS)))
 
 
 def without_repeated_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -136,8 +136,8 @@ def bench(
     variants: Annotated[str, typer.Option(help="'all' (what the artifacts hold) or a comma-separated list.")] = "all",
     baseline: Annotated[str | None, typer.Option(
         help="Any variant (torch-bf16, onnx-q4...). Default: torch-fp32 on CPU, torch-bf16 on CUDA.")] = None,
-    prompts: Annotated[str, typer.Option(help="Prompt set: standard (3 image sizes, 3 lengths), quick, or none "
-                                         "(accuracy only).")] = BenchSettings.prompts,
+    prompts: Annotated[str, typer.Option(help="Prompt set: standard (3 image sizes, 3 lengths), quick, gpu, cpu "
+                                         "(the 9B on 2 cores), none (accuracy only).")] = BenchSettings.prompts,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per stage after one warm-up.")] = BenchSettings.runs,
     task_questions: Annotated[int | None, typer.Option(
         help="Held-out shapes-task questions per variant. Default: 100 for the embedded model, 0 otherwise.")] = None,

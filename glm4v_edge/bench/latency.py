@@ -8,6 +8,7 @@ Every stage is warmed up once, then timed ``runs`` times; medians and p90s are r
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from glm4v_edge.messages import user_message
+from glm4v_edge.runtime.cpu_profile import CPU_MAX_PIXELS
 from glm4v_edge.runtime.inputs import build_batch
 from glm4v_edge.runtime.variant import MeasurableVariant, Sampling
 
@@ -34,6 +36,9 @@ PROMPT_SETS = {
     "quick": PromptSet(image_sizes=(224,), prompt_tokens=(128,), decode_tokens=16),
     "standard": PromptSet(image_sizes=(224, 448, 896), prompt_tokens=(128, 512, 2048), decode_tokens=64),
     "gpu": PromptSet(image_sizes=(448, 896), prompt_tokens=(512, 2048), decode_tokens=64),  # the card's GPU run
+    # the 9B on a 2-core CPU: the CPU profile's largest square image (also the time-to-first-token
+    # question's), and 448 px
+    "cpu": PromptSet(image_sizes=(math.isqrt(CPU_MAX_PIXELS), 448), prompt_tokens=(512,), decode_tokens=32),
     "none": PromptSet(image_sizes=(), prompt_tokens=(), decode_tokens=0),  # accuracy-only runs
 }
 

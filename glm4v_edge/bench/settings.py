@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PROMPT_SET_NAMES = ("standard", "quick", "gpu", "none")  # gpu: 448/896 px, 512/2048 tokens; none: accuracy only
+PROMPT_SET_NAMES = ("standard", "quick", "gpu", "cpu", "none")  # see bench.latency.PROMPT_SETS; none: accuracy only
 
 
 @dataclass(frozen=True)

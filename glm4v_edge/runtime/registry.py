@@ -105,16 +105,23 @@ def load_variant(name: str, model: str | Path | None = None, **options) -> Varia
 
 
 def load_from(name: str, model: str | Path | None, artifacts: str | Path | None, *,
-              remote_url: str | None = None, remote_model: str | None = None, **options) -> Variant:
+              remote_url: str | None = None, remote_model: str | None = None, cpu_profile: bool = True,
+              **options) -> Variant:
     """Load ``name`` from a build: the artifacts folder goes to the variants it holds, the
-    remote variant gets the endpoint, the rest load ``model`` (the source checkpoint)."""
+    remote variant gets the endpoint, the rest load ``model`` (the source checkpoint).
+    ``cpu_profile``: on CPU, images are limited to the CPU profile's size (``cpu_profile.py``)."""
+    from glm4v_edge.runtime.cpu_profile import apply_max_pixels, max_pixels_for
+
     check_known([name])
     if artifacts is not None and VARIANTS[name].from_build and name in built_variants(artifacts):
         options["artifacts"] = artifacts
     if name == REMOTE:
         model = remote_model
         options["url"] = remote_url
-    return load_variant(name, model, **options)
+    variant = load_variant(name, model, **options)
+    if cpu_profile and name != REMOTE:  # a remote server sizes images with its own processor
+        apply_max_pixels(variant.processor, max_pixels_for(getattr(variant, "device", "cpu")))
+    return variant
 
 
 def built_variants(artifacts: str | Path) -> list[str]:

@@ -1,0 +1,47 @@
+"""The CPU profile: interactive commands on CPU cap image size through the processor's own
+limit; the variable overrides it; the benchmark measures the sizes it names."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from glm4v_edge.bench.latency import image_of
+from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.messages import user_message
+from glm4v_edge.runtime import cpu_profile
+from glm4v_edge.runtime.inputs import build_batch
+from glm4v_edge.runtime.registry import load_from
+
+
+def test_cpu_gets_the_profile_and_other_devices_do_not(monkeypatch):
+    monkeypatch.delenv(cpu_profile.MAX_PIXELS_ENV, raising=False)
+    assert cpu_profile.max_pixels_for("cpu") == cpu_profile.CPU_MAX_PIXELS
+    assert cpu_profile.max_pixels_for("cuda") is None and cpu_profile.max_pixels_for("cuda:1") is None
+    monkeypatch.setenv(cpu_profile.MAX_PIXELS_ENV, "1000000")
+    assert cpu_profile.max_pixels_for("cpu") == 1_000_000 and cpu_profile.max_pixels_for("cuda") == 1_000_000
+    for bad in ("lots", "-5", "100"):
+        monkeypatch.setenv(cpu_profile.MAX_PIXELS_ENV, bad)
+        with pytest.raises(Glm4vEdgeError, match=cpu_profile.MAX_PIXELS_ENV):
+            cpu_profile.max_pixels_for("cpu")
+
+
+def test_the_limit_only_ever_lowers_the_processors_own(tiny_processor):
+    processor = copy.deepcopy(tiny_processor)  # the shared fixture stays as it is
+    own = processor.image_processor.size.longest_edge
+    cpu_profile.apply_max_pixels(processor, own * 4)
+    assert processor.image_processor.size.longest_edge == own
+    cpu_profile.apply_max_pixels(processor, own // 4)
+    assert processor.image_processor.size.longest_edge == own // 4
+    cpu_profile.apply_max_pixels(processor, None)
+    assert processor.image_processor.size.longest_edge == own // 4
+
+
+def test_chat_variants_on_cpu_shrink_large_images_and_the_benchmarks_do_not(monkeypatch):
+    monkeypatch.setenv(cpu_profile.MAX_PIXELS_ENV, str(28 * 28 * 64))
+    messages = [[user_message("Describe.", images=[image_of(896)])]]
+    profiled = load_from("torch", None, None, device="cpu")
+    measured = load_from("torch", None, None, device="cpu", cpu_profile=False)
+    tokens = [int(build_batch(v.processor, messages)["image_grid_thw"].prod()) // 4 for v in (profiled, measured)]
+    assert tokens[0] <= 64 < tokens[1]

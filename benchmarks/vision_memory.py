@@ -26,18 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def run_case(folder: str, dtype: str, size: int, frames: int, threads: int) -> dict:
     import dataclasses
 
-    import torch
-    from transformers.vision_utils import get_vision_position_ids
-
     from glm4v_edge.bench.latency import image_of
     from glm4v_edge.checkpoint import load_config, load_processor
     from glm4v_edge.dims import merge_size
     from glm4v_edge.machine import peak_rss_mib
     from glm4v_edge.media import Video
     from glm4v_edge.messages import user_message
-    from glm4v_edge.names import VISION_INPUTS, graph_file
+    from glm4v_edge.names import graph_file
     from glm4v_edge.runtime.inputs import build_batch
-    from glm4v_edge.runtime.onnx_variant import Graph
+    from glm4v_edge.runtime.onnx_variant import Graph, encode_media
 
     processor = load_processor(folder)
     for part in (processor.image_processor, processor.video_processor):
@@ -46,24 +43,17 @@ def run_case(folder: str, dtype: str, size: int, frames: int, threads: int) -> d
         frames_array = np.stack([np.roll(np.asarray(image_of(size)), 7 * i, axis=1) for i in range(frames)])
         video = Video.from_frames(frames_array, fps=2.0)
         batch = build_batch(processor, [[user_message("Describe.", video=video)]])
-        pixels, grids = batch["pixel_values_videos"], batch["video_grid_thw"]
+        grids = batch["video_grid_thw"]
     else:
         batch = build_batch(processor, [[user_message("Describe.", images=[image_of(size)])]])
-        pixels, grids = batch["pixel_values"], batch["image_grid_thw"]
+        grids = batch["image_grid_thw"]
     graph = Graph(Path(folder) / graph_file("vision_encoder", dtype), "cpu", threads)
     loaded = peak_rss_mib()
-    merge = merge_size(load_config(folder))
-    start, calls = time.perf_counter(), 0
-    offset = 0
-    for t, h, w in grids.tolist():
-        for _ in range(t):  # one call per image or frame pair, as the ONNX variant runs it
-            grid = np.array([[1, h, w]], dtype=np.int64)
-            positions = get_vision_position_ids(torch.from_numpy(grid), merge).numpy()
-            graph.run(dict(zip(VISION_INPUTS, (pixels[offset:offset + h * w].numpy(), grid, positions))))
-            offset += h * w
-            calls += 1
+    start = time.perf_counter()
+    features = encode_media(graph, merge_size(load_config(folder)), {k: np.asarray(v) for k, v in batch.items()})
     seconds = round(time.perf_counter() - start, 2)
-    return {"patches": int(offset), "calls": calls, "grid_thw": grids.tolist(), "seconds": seconds,
+    return {"patches": int(grids.prod(-1).sum()), "calls": int(grids[:, 0].sum()), "grid_thw": grids.tolist(),
+            "features": len(features), "seconds": seconds,
             "peak_rss_after_load_mib": loaded, "peak_rss_mib": peak_rss_mib()}
 
 

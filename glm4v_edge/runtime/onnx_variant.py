@@ -99,6 +99,24 @@ class Graph:
         return binding.get_outputs()
 
 
+def encode_media(vision: Graph, merge: int, batch: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The vision graph on every image, then every video frame pair, of a processor batch (numpy):
+    their merged features in prompt order, or None when the batch has no media."""
+    pieces = []
+    for pixels_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+        if batch.get(pixels_key) is None:
+            continue
+        pixels, start = batch[pixels_key], 0
+        for t, h, w in batch[grid_key]:
+            for _ in range(int(t)):  # one call per image or frame pair (see export.graphs)
+                grid = np.array([[1, h, w]], dtype=np.int64)
+                positions = get_vision_position_ids(torch.from_numpy(grid), merge).numpy()
+                inputs = dict(zip(VISION_INPUTS, (pixels[start:start + h * w], grid, positions)))
+                pieces.append(vision.run(inputs)[0].numpy())
+                start += h * w
+    return np.concatenate(pieces).astype(np.float32) if pieces else None
+
+
 @dataclass
 class DecodeState:
     """What one step of the host loop carries to the next."""
@@ -161,20 +179,7 @@ class OnnxVariant:
 
     def vision_features(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
         """Merged features of every image, then every video frame pair, in prompt order."""
-        merge = merge_size(self.config)
-        pieces = []
-        for pixels_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-            if batch.get(pixels_key) is None:
-                continue
-            pixels, start = batch[pixels_key], 0
-            for t, h, w in batch[grid_key]:
-                for _ in range(int(t)):  # one call per image or frame pair (see export.graphs)
-                    grid = np.array([[1, h, w]], dtype=np.int64)
-                    positions = get_vision_position_ids(torch.from_numpy(grid), merge).numpy()
-                    inputs = dict(zip(VISION_INPUTS, (pixels[start:start + h * w], grid, positions)))
-                    pieces.append(self.vision.run(inputs)[0].numpy())
-                    start += h * w
-        return np.concatenate(pieces).astype(np.float32) if pieces else None
+        return encode_media(self.vision, merge_size(self.config), batch)
 
     def input_embeddings(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         embeds = self.embed.run({EMBED_INPUT: batch["input_ids"]})[0].numpy().astype(np.float32)

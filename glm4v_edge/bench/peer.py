@@ -46,11 +46,12 @@ def run_llama_bench(binary: Path, arguments: list[str]) -> tuple[list[dict], flo
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen([str(binary), *arguments, "-o", "json"], stdout=out, stderr=err)
         _, status, usage = os.wait4(process.pid, 0)  # wait4: this child's own peak RSS
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        if process.returncode != 0:
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            err.seek(0)
             message = err.read().decode(errors="replace").strip().splitlines() or ["no message"]
-            raise Glm4vEdgeError(f"llama-bench failed ({process.returncode}): {first_line(message[-1])}")
+            raise Glm4vEdgeError(f"llama-bench failed ({code}): {first_line(message[-1])}")
+        out.seek(0)
         return json.loads(out.read()), round(usage.ru_maxrss / 1024, 1)
 
 

@@ -77,6 +77,18 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(BUILD_ROOT, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def contained_temp_dir(tmp_path_factory):
+    """gradio_client leaves an empty folder in the temp dir per downloaded file (hundreds per
+    run): the tests' temp dir goes inside BUILD_ROOT, which the session removes. pytest's own
+    tmp_path root is fixed first, so failed tests' folders stay where pytest keeps them."""
+    tmp_path_factory.getbasetemp()
+    tempfile.tempdir = str(BUILD_ROOT / "tmp")
+    os.makedirs(tempfile.tempdir, exist_ok=True)
+    yield
+    tempfile.tempdir = None
+
+
 @pytest.fixture(scope="session")
 def tiny_variant():
     from glm4v_edge.runtime.registry import load_variant

@@ -29,19 +29,27 @@ def test_cpu_gets_the_profile_and_other_devices_do_not(monkeypatch):
 
 def test_the_limit_only_ever_lowers_the_processors_own(tiny_processor):
     processor = copy.deepcopy(tiny_processor)  # the shared fixture stays as it is
+    frames = processor.image_processor.temporal_patch_size  # the processor's limit counts every frame
     own = processor.image_processor.size.longest_edge
-    cpu_profile.apply_max_pixels(processor, own * 4)
+    cpu_profile.apply_max_pixels(processor, own)
     assert processor.image_processor.size.longest_edge == own
-    cpu_profile.apply_max_pixels(processor, own // 4)
+    cpu_profile.apply_max_pixels(processor, own // frames // 4)
     assert processor.image_processor.size.longest_edge == own // 4
     cpu_profile.apply_max_pixels(processor, None)
     assert processor.image_processor.size.longest_edge == own // 4
 
 
-def test_chat_variants_on_cpu_shrink_large_images_and_the_benchmarks_do_not(monkeypatch):
-    monkeypatch.setenv(cpu_profile.MAX_PIXELS_ENV, str(28 * 28 * 64))
-    messages = [[user_message("Describe.", images=[image_of(896)])]]
+def test_chat_variants_on_cpu_shrink_large_images_to_the_limit_and_the_benchmarks_do_not(monkeypatch):
+    """The limit is in image pixels: a 224 x 224 limit is exactly 64 image tokens; an image that
+    size keeps it, a larger one comes down to it."""
+    monkeypatch.setenv(cpu_profile.MAX_PIXELS_ENV, str(224 * 224))
     profiled = load_from("torch", None, None, device="cpu")
     measured = load_from("torch", None, None, device="cpu", cpu_profile=False)
-    tokens = [int(build_batch(v.processor, messages)["image_grid_thw"].prod()) // 4 for v in (profiled, measured)]
-    assert tokens[0] <= 64 < tokens[1]
+
+    def image_tokens(variant, side: int) -> int:
+        batch = build_batch(variant.processor, [[user_message("Describe.", images=[image_of(side)])]])
+        return int(batch["image_grid_thw"].prod()) // 4
+
+    assert image_tokens(profiled, 224) == 64
+    assert image_tokens(profiled, 896) == 64
+    assert image_tokens(measured, 896) > 64

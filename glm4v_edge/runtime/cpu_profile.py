@@ -1,14 +1,15 @@
-"""The CPU profile: on CPU, images are resized to at most ``CPU_MAX_PIXELS`` before the vision
-encoder, by the processor itself (its ``size.longest_edge``, the same knob as GLM-4.1V's own
-``max_pixels``).
+"""The CPU profile: on CPU, images are resized to at most ``CPU_MAX_PIXELS`` (height x width)
+before the vision encoder, by the processor itself (its ``size.longest_edge``, GLM-4.1V's own
+``max_pixels``). That limit counts frames x height x width, and the processor sees an image as
+``temporal_patch_size`` (2) identical frames: an image limit of N pixels is ``2 N`` there.
 
-GLM-4.1V's processor allows 28 x 28 x 15000 = 11.8 MP (15000 image tokens): on 2 CPU cores the
-9B model would take tens of minutes before its first token. The limit is chosen by measurement on
-the 9B shape, onnx-q4, 2 threads (benchmarks/results/cpu-profile-9b-amd-epyc-2026-11-30.json):
+GLM-4.1V's processor allows 9.6-11.8 M of those (4.8-5.9 MP images, 6144-7500 image tokens): on
+2 CPU cores the 9B model would take many minutes before its first token. The limit is chosen by
+measurement on the 9B shape, onnx-q4, 2 threads (benchmarks/results/cpu-profile-9b-amd-epyc-2026-11-30.json):
 a one-image question's time to first token was 18 s at 448 px (256 image tokens), 39 s at 672 px
-and 59 s at 784 px (784 tokens), the limit: about a minute. ``GLM4V_EDGE_MAX_PIXELS`` sets another limit (on any
-device; higher costs time, lower loses detail). The benchmark measures the sizes it is asked
-for and does not apply it.
+and 59 s at 784 px (784 tokens), the limit: about a minute. ``GLM4V_EDGE_MAX_PIXELS`` sets another
+limit in image pixels (on any device; higher costs time, lower loses detail). The benchmark
+measures the sizes it is asked for and does not apply it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 
 from glm4v_edge.errors import Glm4vEdgeError
 
-CPU_MAX_PIXELS = 784 * 784  # 784 image tokens (28 x 28 pixels each)
+CPU_MAX_PIXELS = 784 * 784  # image height x width: 784 image tokens (28 x 28 pixels each)
 MAX_PIXELS_ENV = "GLM4V_EDGE_MAX_PIXELS"
 
 
@@ -33,11 +34,12 @@ def max_pixels_for(device: str) -> int | None:
 
 
 def apply_max_pixels(processor, max_pixels: int | None) -> None:
-    """Lower the processor's own image limit to ``max_pixels`` (never raise it: a checkpoint
-    with a smaller limit keeps it)."""
+    """Lower the processor's own image limit to ``max_pixels`` image pixels (never raise it: a
+    checkpoint with a smaller limit keeps it)."""
     image_processor = getattr(processor, "image_processor", None)
     if max_pixels is None or image_processor is None:
         return
+    limit = max_pixels * image_processor.temporal_patch_size  # the processor counts every frame
     size = image_processor.size
-    if size.longest_edge is None or size.longest_edge > max_pixels:
-        image_processor.size = dataclasses.replace(size, longest_edge=max_pixels)
+    if size.longest_edge is None or size.longest_edge > limit:
+        image_processor.size = dataclasses.replace(size, longest_edge=limit)

@@ -24,8 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_case(folder: str, dtype: str, size: int, frames: int, threads: int) -> dict:
-    import dataclasses
-
     from glm4v_edge.bench.latency import image_of
     from glm4v_edge.checkpoint import load_config, load_processor
     from glm4v_edge.dims import merge_size
@@ -33,12 +31,12 @@ def run_case(folder: str, dtype: str, size: int, frames: int, threads: int) -> d
     from glm4v_edge.media import Video
     from glm4v_edge.messages import user_message
     from glm4v_edge.names import graph_file
+    from glm4v_edge.runtime.cpu_profile import remove_max_pixels
     from glm4v_edge.runtime.inputs import build_batch
     from glm4v_edge.runtime.onnx_variant import Graph, encode_media
 
     processor = load_processor(folder)
-    for part in (processor.image_processor, processor.video_processor):
-        part.size = dataclasses.replace(part.size, longest_edge=10**9)
+    remove_max_pixels(processor)
     if frames:
         frames_array = np.stack([np.roll(np.asarray(image_of(size)), 7 * i, axis=1) for i in range(frames)])
         video = Video.from_frames(frames_array, fps=2.0)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 
 from glm4v_edge.bench.latency import image_of
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.media import Video
 from glm4v_edge.messages import user_message
 from glm4v_edge.runtime import cpu_profile
 from glm4v_edge.runtime.inputs import build_batch
@@ -27,16 +29,17 @@ def test_cpu_gets_the_profile_and_other_devices_do_not(monkeypatch):
             cpu_profile.max_pixels_for("cpu")
 
 
-def test_the_limit_only_ever_lowers_the_processors_own(tiny_processor):
+@pytest.mark.parametrize("part", ["image_processor", "video_processor"])
+def test_the_limit_only_ever_lowers_the_processors_own(tiny_processor, part):
     processor = copy.deepcopy(tiny_processor)  # the shared fixture stays as it is
-    frames = processor.image_processor.temporal_patch_size  # the processor's limit counts every frame
-    own = processor.image_processor.size.longest_edge
+    frames = getattr(processor, part).temporal_patch_size  # the processor's limit counts every frame
+    own = getattr(processor, part).size.longest_edge
     cpu_profile.apply_max_pixels(processor, own)
-    assert processor.image_processor.size.longest_edge == own
+    assert getattr(processor, part).size.longest_edge == own
     cpu_profile.apply_max_pixels(processor, own // frames // 4)
-    assert processor.image_processor.size.longest_edge == own // 4
+    assert getattr(processor, part).size.longest_edge == own // 4
     cpu_profile.apply_max_pixels(processor, None)
-    assert processor.image_processor.size.longest_edge == own // 4
+    assert getattr(processor, part).size.longest_edge == own // 4
 
 
 def test_chat_variants_on_cpu_shrink_large_images_to_the_limit_and_the_benchmarks_do_not(monkeypatch):
@@ -53,3 +56,15 @@ def test_chat_variants_on_cpu_shrink_large_images_to_the_limit_and_the_benchmark
     assert image_tokens(profiled, 224) == 64
     assert image_tokens(profiled, 896) == 64
     assert image_tokens(measured, 896) > 64
+
+
+def test_a_video_gets_one_images_budget_across_its_frames(monkeypatch):
+    monkeypatch.setenv(cpu_profile.MAX_PIXELS_ENV, str(224 * 224))
+    frames = np.stack([np.roll(np.asarray(image_of(448)), 9 * i, axis=1) for i in range(4)])
+    messages = [[user_message("What moves?", video=Video.from_frames(frames, fps=2.0))]]
+
+    def video_tokens(variant) -> int:
+        return int(build_batch(variant.processor, messages)["video_grid_thw"].prod(-1).sum()) // 4
+
+    assert 32 <= video_tokens(load_from("torch", None, None, device="cpu")) <= 64
+    assert video_tokens(load_from("torch", None, None, device="cpu", cpu_profile=False)) > 64

@@ -18,6 +18,9 @@ EMBED_INPUT, EMBED_OUTPUT = "input_ids", "inputs_embeds"
 DECODER_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "num_logits_to_keep")
 LOGITS = "logits"
 PAST, PRESENT = "past_key_values", "present"
+# manifest "kv_cache": the decoder's attention (GroupQueryAttention) writes new positions into a
+# preallocated cache bound as both past and present; exports without it concatenate every step.
+SHARED_KV_CACHE = "shared"
 
 # Variant names: torch (the checkpoint in transformers), onnx-<dtype>, gptq-int<bits> and
 # rtn-int<bits> (GPTQModel checkpoints), remote (an OpenAI-compatible server).

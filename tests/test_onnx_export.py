@@ -86,17 +86,33 @@ def test_fp32_generates_the_torch_reply(tiny_variant, onnx_fp32, qtype):
     assert ours.reply.final_answer == sample.answer
 
 
-def test_kv_cache_decode_equals_full_recompute(onnx_fp32):
+@pytest.mark.parametrize("new_tokens", [0, 12], ids=["cache-per-step", "cache-in-place"])
+def test_kv_cache_decode_equals_full_recompute(onnx_fp32, new_tokens):
+    """Both caches: joined into a new one each step (older exports), and preallocated with room
+    for the reply and written in place (exports whose manifest says ``kv_cache: shared``)."""
+    assert onnx_fp32.shared_cache and onnx_fp32.manifest["kv_cache"] == "shared"
     sample = shapes.heldout("color")
     batch = build_batch(onnx_fp32.processor, [sample.messages()])
-    logits, state = onnx_fp32.prefill(batch)
+    prompt = batch["input_ids"].shape[1]
+    logits, state = onnx_fp32.prefill(batch, new_tokens=new_tokens)
+    cache = state.past
     stepped, tokens = [logits[0]], []
     for _ in range(12):
         tokens.append(int(stepped[-1].argmax()))
         stepped.append(onnx_fp32.step(state, np.array(tokens[-1:]))[0])
     full = onnx_fp32.forward_logits(extend_batch(batch, tokens))[0]
-    prompt = batch["input_ids"].shape[1]
     np.testing.assert_allclose(np.stack(stepped), full[prompt - 1:], atol=1e-4)
+    in_place = [value is before for value, before in zip(state.past, cache)]
+    assert all(in_place) if new_tokens else not any(in_place)
+    assert state.past[0].shape()[2] == prompt + 12
+
+
+def test_exports_without_an_in_place_cache_generate_the_same_reply(onnx_fp32, monkeypatch):
+    sample = shapes.heldout("two_images", 1)
+    in_place = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=40, sampling=Sampling.greedy()))
+    monkeypatch.setattr(onnx_fp32, "shared_cache", False)  # what a manifest without "kv_cache" gives
+    per_step = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=40, sampling=Sampling.greedy()))
+    assert in_place.token_ids == per_step.token_ids and in_place.reply.final_answer == sample.answer
 
 
 def test_batch_of_two_left_padded_prompts(tiny_variant, onnx_fp32):
@@ -106,16 +122,17 @@ def test_batch_of_two_left_padded_prompts(tiny_variant, onnx_fp32):
     assert not mask.all()  # one row really is padded
     ours, theirs = onnx_fp32.forward_logits(batch), tiny_variant.forward_logits(batch)
     np.testing.assert_allclose(ours[mask], theirs[mask], atol=1e-4)
-    # Batched greedy decode with the cache matches each prompt decoded alone.
-    logits, state = onnx_fp32.prefill(batch)
-    together = []
-    for _ in range(8):
-        tokens = logits.argmax(-1)
-        together.append(tokens)
-        logits = onnx_fp32.step(state, tokens)
-    for row, sample in enumerate(samples):
-        alone = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=8, sampling=Sampling.greedy()))
-        assert [int(t[row]) for t in together][:len(alone.token_ids)] == alone.token_ids
+    # Batched greedy decode with either cache matches each prompt decoded alone.
+    for new_tokens in (0, 8):
+        logits, state = onnx_fp32.prefill(batch, new_tokens=new_tokens)
+        together = []
+        for _ in range(8):
+            tokens = logits.argmax(-1)
+            together.append(tokens)
+            logits = onnx_fp32.step(state, tokens)
+        for row, sample in enumerate(samples):
+            alone = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=8, sampling=Sampling.greedy()))
+            assert [int(t[row]) for t in together][:len(alone.token_ids)] == alone.token_ids
 
 
 def test_video_through_onnx_q4(artifacts):

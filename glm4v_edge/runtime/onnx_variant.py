@@ -5,7 +5,7 @@ Per step the decoder sees only the new token; its key/value cache stays in onnxr
 the cache never crosses to the host). A generation allocates the cache once, as long as the
 prompt plus the reply can be, and binds it as both the past input and the present output:
 GroupQueryAttention then writes each new position in place instead of copying the whole cache
-every step (the copy was 40 % of a medium decode step at 8192 positions). The processor, the
+every step (at 8192 positions that copy was a third of a medium decode step). The processor, the
 chat template, the thinking parser and the token choice are the same as the torch variant's.
 """
 

@@ -218,14 +218,9 @@ class OnnxVariant:
         logits, *present = self.decoder.run(inputs, dict(zip(self.present_names, past)) if in_place else None)
         return logits.numpy().astype(np.float32), past if in_place else present
 
-    def empty_cache(self, batch_size: int) -> list[ort.OrtValue]:
-        dtype = self.decoder.float_type(self.past_names[0])
-        empty = np.zeros((batch_size, self.kv_heads, 0, self.head_dim), dtype=dtype)
-        return [self.decoder.value(empty) for _ in self.past_names]
-
-    def preallocated_cache(self, batch_size: int, positions: int) -> list[ort.OrtValue]:
-        """A cache with room for ``positions``, uninitialised: the attention reads only the
-        positions written so far."""
+    def new_cache(self, batch_size: int, positions: int = 0) -> list[ort.OrtValue]:
+        """A cache with room for ``positions`` (0: the empty cache a per-step graph joins to),
+        uninitialised: the attention reads only the positions written so far."""
         dtype = self.decoder.float_type(self.past_names[0])
         shape = (batch_size, self.kv_heads, positions, self.head_dim)
         return [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.decoder.device, self.decoder.device_id)
@@ -251,8 +246,7 @@ class OnnxVariant:
         positions, next_position = self._positions(batch)
         mask = batch["attention_mask"]
         in_place = self.shared_cache and new_tokens > 0
-        cache = self.preallocated_cache(len(mask), mask.shape[1] + new_tokens) if in_place \
-            else self.empty_cache(len(mask))
+        cache = self.new_cache(len(mask), mask.shape[1] + new_tokens if in_place else 0)
         logits, present = self.decode(self.input_embeddings(batch), mask, positions, cache,
                                       keep=keep or mask.shape[1], in_place=in_place)
         return logits, DecodeState(present, mask, next_position, torch.from_numpy(batch["input_ids"]), in_place)

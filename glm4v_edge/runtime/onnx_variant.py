@@ -96,11 +96,15 @@ class Graph:
         place), the rest onnxruntime allocates."""
         outputs = outputs or {}
         binding = self.session.io_binding()
+        # A CPU OrtValue made from numpy points at the array, and the binding holds only the native
+        # value: the converted arrays must outlive the run (onnxruntime <= 1.29 read freed memory).
+        values = []
         for name, value in inputs.items():
             if isinstance(value, np.ndarray):
                 if self.input_types[name] in NUMPY_TYPES:
                     value = value.astype(self.float_type(name), copy=False)
                 value = self.value(value)
+            values.append(value)
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
             if name in outputs:

@@ -62,7 +62,37 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     with quiet_converters():
         return without_repeated_nodes(convert_float_to_float16(
-            model, keep_io_types=False, op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS)))
+            without_unused_optional_outputs(model), keep_io_types=False,
+            op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS)))
+
+
+def without_unused_optional_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with each optional node output that nothing reads left unnamed (omitted), as
+    onnxruntime-genai's builder writes them. The exporter names every output a schema lists
+    (SkipSimplifiedLayerNormalization's ``mean`` and ``inv_std_var``), and onnxruntime 1.24's float16
+    converter casts each named output of a node kept in fp32, including these, which the kernel
+    never writes: the graph then fails at run time ("Missing Input")."""
+    read = {name for node in model.graph.node for name in node.input}
+    read |= {output.name for output in model.graph.output}
+    for node in model.graph.node:
+        options = output_options().get((node.domain or "", node.op_type), ())
+        for index, name in enumerate(node.output):
+            if name and name not in read and index < len(options) and options[index] == "Optional":
+                node.output[index] = ""
+    return model
+
+
+@cache
+def output_options() -> dict[tuple[str, str], tuple[str, ...]]:
+    """(domain, op) -> each output's option ("Single", "Optional", "Variadic") in onnxruntime's
+    newest schema of the operator (onnxruntime knows onnx's operators and its contrib ops)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_schemas
+
+    newest = {}
+    for schema in sorted(ort_schemas.get_all_operator_schema(), key=lambda s: s.since_version):
+        domain = "" if schema.domain == "ai.onnx" else schema.domain
+        newest[domain, schema.name] = tuple(o.option.name for o in schema.outputs)
+    return newest
 
 
 def without_repeated_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

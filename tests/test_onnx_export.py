@@ -12,6 +12,7 @@ import pytest
 from glm4v_edge import shapes
 from glm4v_edge.checkpoint import load_config
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.export.onnx_export import check_parity
 from glm4v_edge.manifest import read_manifest
 from glm4v_edge.names import GRAPHS, graph_file
 from glm4v_edge.runtime.inputs import build_batch, extend_batch
@@ -70,6 +71,25 @@ def test_parity_recorded_for_every_dtype(artifacts):
             assert result["mean_kl"] < 0.1, (dtype, prompt)
             if prompt != "text":
                 assert result["top1_agreement"] >= 0.9 and result["mean_kl"] < 1e-2, (dtype, prompt)
+
+
+def parity_result(exact: bool = True, mean_kl: float = 0.0) -> dict:
+    return {"reference_tokens": 8, "greedy_match": 8 if exact else 3, "exact": exact,
+            "top1_agreement": 1.0, "mean_kl": mean_kl}
+
+
+def test_export_refuses_broken_graphs_but_keeps_lossy_ones():
+    lossy = {"fp32": {"text": parity_result()}, "q4": {"text": parity_result(exact=False, mean_kl=0.05)}}
+    check_parity(lossy, exact_fp32=True)
+    # NaN or inf logits: a broken graph (or an onnxruntime that runs it wrong), whatever the precision
+    for kl in (float("nan"), float("inf")):
+        with pytest.raises(Glm4vEdgeError, match=r"fp16 ONNX graphs give non-finite logits .* on: image \(onnxruntime"):
+            check_parity({**lossy, "fp16": {"text": parity_result(), "image": parity_result(False, kl)}}, True)
+    # fp32 graphs must repeat an fp32 source's greedy replies; from a bf16 source they need not
+    inexact = {"fp32": {"text": parity_result(), "video": parity_result(exact=False, mean_kl=1e-3)}}
+    with pytest.raises(Glm4vEdgeError, match="does not reproduce the source's greedy output on: video"):
+        check_parity(inexact, exact_fp32=True)
+    check_parity(inexact, exact_fp32=False)
 
 
 def test_onnx_variant_is_a_measurable_variant(onnx_fp32):

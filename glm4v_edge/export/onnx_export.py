@@ -143,9 +143,22 @@ def measure_parity(source: str, folder: Path, settings: ExportSettings, paramete
         lambda: TorchVariant(source, dtype=torch_dtype, device="cpu", bounded_memory=True),
         {dtype: lambda dtype=dtype: OnnxVariant(folder, dtype=dtype, device="cpu") for dtype in settings.dtypes},
         on_candidate=lambda dtype: progress.step(f"parity of {dtype}"))
-    if "fp32" in report.results and torch_dtype == torch.float32:
-        failed = [name for name, result in report.results["fp32"].items() if not result["exact"]]
-        if failed:
-            raise Glm4vEdgeError(f"the fp32 ONNX export does not reproduce the source's greedy output on: "
-                                 f"{', '.join(failed)}; nothing was written")
+    check_parity(report.results, exact_fp32=torch_dtype == torch.float32)
     return {"measured": True, "reference": report.reference, "new_tokens": NEW_TOKENS, "results": report.results}
+
+
+def check_parity(results: dict[str, dict[str, dict]], exact_fp32: bool) -> None:
+    """Refuse graphs that are broken rather than lossy: any precision whose logits are not finite
+    (NaN or inf: the graph or the onnxruntime running it is wrong), and fp32 graphs that do not
+    reproduce an fp32 source's greedy replies."""
+    import onnxruntime
+
+    for dtype, prompts in results.items():
+        broken = [name for name, result in prompts.items() if not math.isfinite(result["mean_kl"])]
+        if broken:
+            raise Glm4vEdgeError(f"the {dtype} ONNX graphs give non-finite logits (NaN or inf) on: "
+                                 f"{', '.join(broken)} (onnxruntime {onnxruntime.__version__}); nothing was written")
+    failed = [name for name, result in results.get("fp32", {}).items() if not result["exact"]]
+    if exact_fp32 and failed:
+        raise Glm4vEdgeError(f"the fp32 ONNX export does not reproduce the source's greedy output on: "
+                             f"{', '.join(failed)}; nothing was written")

@@ -69,9 +69,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def without_unused_optional_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph with each optional node output that nothing reads left unnamed (omitted), as
     onnxruntime-genai's builder writes them. The exporter names every output a schema lists
-    (SkipSimplifiedLayerNormalization's ``mean`` and ``inv_std_var``), and onnxruntime 1.24's float16
+    (SkipSimplifiedLayerNormalization's ``mean`` and ``inv_std_var``), onnxruntime's float16
     converter casts each named output of a node kept in fp32, including these, which the kernel
-    never writes: the graph then fails at run time ("Missing Input")."""
+    never writes, and onnxruntime before 1.30 then fails at run time ("Missing Input")."""
     read = {name for node in model.graph.node for name in node.input}
     read |= {output.name for output in model.graph.output}
     for node in model.graph.node:

@@ -16,9 +16,12 @@ from packaging.version import Version
 
 
 def released_versions(name: str) -> list[Version]:
-    out = subprocess.run([sys.executable, "-m", "pip", "index", "versions", name],
-                         capture_output=True, text=True, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith("Available versions:"))
+    # `pip index versions` (pip >= 21.2) asks every index pip is configured with, local ones too.
+    result = subprocess.run([sys.executable, "-m", "pip", "index", "versions", name], capture_output=True, text=True)
+    line = next((line for line in result.stdout.splitlines() if line.startswith("Available versions:")), None)
+    if result.returncode or line is None:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"pip index versions {name} listed no versions: {reason}")
     return sorted(Version(v.strip()) for v in line.split(":", 1)[1].split(","))
 
 

@@ -8,8 +8,17 @@ from typing import Annotated
 
 import typer
 
-from glm4v_edge.bench.settings import BenchSettings
-from glm4v_edge.console import chat_once, errors, print_bench, print_eval, print_export, print_quantized, progress_bars
+from glm4v_edge.bench.settings import BenchSettings, ConversationSettings
+from glm4v_edge.console import (
+    chat_once,
+    errors,
+    print_bench,
+    print_eval,
+    print_export,
+    print_quantized,
+    print_written,
+    progress_bars,
+)
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.settings import ExportSettings, Q4Settings, parse_dtypes
 from glm4v_edge.files import check_output_folder
@@ -17,16 +26,20 @@ from glm4v_edge.messages import user_message
 from glm4v_edge.names import ONNX_DTYPES
 from glm4v_edge.pipeline import BuildSettings, default_artifacts
 from glm4v_edge.quant.settings import GptqSettings
+from glm4v_edge.runtime.prompt_cache import DEFAULT_PROMPT_CACHE_GB, PromptCache
 from glm4v_edge.runtime.registry import load_from, variant_names
 from glm4v_edge.runtime.variant import Sampling
 
 app = typer.Typer(help="Run GLM-4.1V-9B-Thinking on cheaper hardware. With no --model, commands use the embedded "
                   "tiny model.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 tiny_app = typer.Typer(help="The embedded tiny GLM-4.1V: train, evaluate, sample its task, random larger shapes.")
+bench_app = typer.Typer(help="Measurements: with no command, latency, memory, size and accuracy of every variant "
+                        "against the baseline, each in its own process; the commands below measure one thing more.")
 export_app = typer.Typer(help="Export a checkpoint to other runtimes.")
 quantize_app = typer.Typer(help="Quantize a checkpoint (GPTQ by GPTQModel).")
 for sub_app, sub_name in ((tiny_app, "tiny"), (export_app, "export"), (quantize_app, "quantize")):
     app.add_typer(sub_app, name=sub_name, no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Hub id (e.g. zai-org/GLM-4.1V-9B-Thinking) "
                                                  "or checkpoint folder. Default: the embedded tiny model.")]
@@ -38,6 +51,9 @@ ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="CPU
 OverwriteOption = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
 HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")]
 ConcurrencyOption = Annotated[int, typer.Option(min=1, help="Generations at once per variant; more wait.")]
+PromptCacheOption = Annotated[float | None, typer.Option(
+    "--prompt-cache-gb", min=0, help="GiB kept of earlier requests' key/value cache and image features, reused by "
+    f"requests that share their prefix (a conversation's next turn). 0: off. Default: {DEFAULT_PROMPT_CACHE_GB:g}.")]
 DTYPES = ",".join(ONNX_DTYPES)
 
 
@@ -129,9 +145,11 @@ def quantize_gptq(
     print_quantized(manifest["variants"][settings.variant], settings.variant, out)
 
 
-@app.command()
+@bench_app.callback(invoke_without_command=True)
 def bench(
-    artifacts: Annotated[Path, typer.Option(help="Artifacts folder (ONNX export and/or GPTQ checkpoints).")],
+    context: typer.Context,
+    artifacts: Annotated[Path | None, typer.Option(help="Artifacts folder (ONNX export and/or GPTQ checkpoints); "
+                                                   "required without a command.")] = None,
     model: ModelOption = None,
     variants: Annotated[str, typer.Option(help="'all' (what the artifacts hold) or a comma-separated list.")] = "all",
     baseline: Annotated[str | None, typer.Option(
@@ -152,12 +170,41 @@ def bench(
     peer: Annotated[Path | None, typer.Option(help="GGUF of the decoder: a llama.cpp row (llama-bench)")] = None,
 ) -> None:
     """Latency, memory, size and accuracy of every variant against the baseline, each in its own process."""
+    if context.invoked_subcommand is not None:
+        return
+    if artifacts is None:
+        raise typer.BadParameter("the variants' artifacts folder is required", param_hint="'--artifacts'")
     from glm4v_edge.bench.benchmark import run_bench
     settings = BenchSettings(artifacts, model, variants, baseline, prompts, runs, task_questions, fidelity_prompts,
                              public_set, public_limit, device, threads, out, name, peer)
     with progress_bars() as progress:
         record, paths = run_bench(settings, progress)
     print_bench(record, paths)
+
+
+@bench_app.command("conversation")
+def bench_conversation(
+    artifacts: ArtifactsOption = None,
+    model: ModelOption = None,
+    variant: VariantOption = ConversationSettings.variant,
+    threads: ThreadsOption = None,
+    image_px: Annotated[int, typer.Option(min=28, help="Side of turn one's image.")] = ConversationSettings.image_px,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per reply.")] = ConversationSettings.max_tokens,
+    prompt_cache_gb: Annotated[float, typer.Option(min=0.001, help="The cached run's --prompt-cache-gb.")]
+    = ConversationSettings.prompt_cache_gb,
+    answer_words: Annotated[int, typer.Option(min=0, help="0: the history holds the model's answers (as the demo "
+                                              "sends them); N: each answer is a fixed N-word text.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for the JSON and Markdown.")] = ConversationSettings.out,
+    name: Annotated[str, typer.Option(help="Report name.")] = ConversationSettings.name,
+) -> None:
+    """Three turns about one image through `glm4v-edge serve`: time to first token and memory of each, with the
+    prompt cache and without it, in one run."""
+    from glm4v_edge.bench.conversation import measure_conversation
+    settings = ConversationSettings(artifacts, model, variant, threads, image_px, max_tokens, prompt_cache_gb,
+                                    answer_words, out, name)
+    with progress_bars() as progress:
+        _, paths = measure_conversation(settings, progress)
+    print_written(paths)
 
 
 @app.command()
@@ -195,7 +242,8 @@ def demo(
     concurrency: ConcurrencyOption = 1,
     queue_size: Annotated[int, typer.Option(min=1, help="Waiting requests beyond this are turned away.")] = 32,
     memory_gb: Annotated[float | None, typer.Option(
-        help="Keep loaded variants within this many GiB. Default: half the RAM.")] = None,
+        help="Keep loaded variants and the prompt cache within this many GiB. Default: half the RAM.")] = None,
+    prompt_cache_gb: PromptCacheOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
 ) -> None:
@@ -204,8 +252,8 @@ def demo(
     from glm4v_edge.demo.ui import launch_demo
     settings = DemoSettings.from_env(
         model=model, artifacts=artifacts, variant=variant, remote_url=remote_url, remote_model=remote_model,
-        device=device, threads=threads, memory_budget_gb=memory_gb, concurrency_per_variant=concurrency,
-        queue_size=queue_size)
+        device=device, threads=threads, memory_budget_gb=memory_gb, prompt_cache_gb=prompt_cache_gb,
+        concurrency_per_variant=concurrency, queue_size=queue_size)
     launch_demo(settings, host=host, port=port, share=share)
 
 
@@ -219,13 +267,15 @@ def serve(
     served_model_name: Annotated[str | None, typer.Option(
         help="The model id clients send. Default: the variant's name.")] = None,
     concurrency: ConcurrencyOption = 1,
+    prompt_cache_gb: PromptCacheOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions server (streaming SSE) on any variant."""
     from glm4v_edge.demo.serve import serve as run_server
-    run_server(load_from(variant, model, artifacts, device=device, threads=threads), host=host, port=port,
-               served_model=served_model_name, concurrency=concurrency)
+    loaded = load_from(variant, model, artifacts, device=device, threads=threads,
+                       prompt_cache=PromptCache.from_gb(prompt_cache_gb))
+    run_server(loaded, host=host, port=port, served_model=served_model_name, concurrency=concurrency)
 
 
 @tiny_app.command("train")

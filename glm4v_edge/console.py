@@ -164,5 +164,10 @@ def print_bench(record: dict, paths: list) -> None:
     for variant, row in record["summary"].items():
         if row["status"] != "ok":
             errors.print(f"{variant}: {row['status']}: {row['error']}", style="red", markup=False)
+    print_written(paths)
+
+
+def print_written(paths: list) -> None:
+    """A report's Markdown (the second path), then every file written."""
     console.print(paths[1].read_text(), markup=False, soft_wrap=True)
     console.print("wrote " + ", ".join(str(p) for p in paths), soft_wrap=True)

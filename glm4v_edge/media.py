@@ -37,14 +37,16 @@ class Video:
         return cls(frames=frames, metadata=metadata)
 
 
-def check_file(path: str | Path, kind: str) -> Path:
+def check_file(path: str | Path, kind: str, name: str | None = None) -> Path:
+    """``path`` if it is a non-empty file; ``name``: how errors call it (default: the path)."""
     path = Path(path)
+    shown = name or path
     if not path.exists():
-        raise Glm4vEdgeError(f"{kind} not found: {path}")
+        raise Glm4vEdgeError(f"{kind} not found: {shown}")
     if not path.is_file():
-        raise Glm4vEdgeError(f"{kind} is not a file: {path}")
+        raise Glm4vEdgeError(f"{kind} is not a file: {shown}")
     if path.stat().st_size == 0:
-        raise Glm4vEdgeError(f"{kind} file is empty (0 bytes): {path}")
+        raise Glm4vEdgeError(f"{kind} file is empty (0 bytes): {shown}")
     return path
 
 
@@ -68,31 +70,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully (so truncation shows up here) and return it as RGB."""
-    path = check_file(path, "image")
+def load_image(path: str | Path, name: str | None = None) -> Image.Image:
+    """Decode an image file fully (so truncation shows up here) and return it as RGB. ``name``:
+    how errors call the file (a server names the request's part, not its temporary file)."""
+    path = check_file(path, "image", name)
+    shown = name or path
     try:
         with Image.open(path) as opened:
             opened.load()
             image = ImageOps.exif_transpose(opened)
             return to_rgb(image)
     except UnidentifiedImageError:
-        raise Glm4vEdgeError(f"not an image Pillow can read: {path}") from None
+        raise Glm4vEdgeError(f"not an image Pillow can read: {shown}") from None
     except Image.DecompressionBombError as error:
-        raise Glm4vEdgeError(f"image is too large to decode safely: {path} ({error})") from None
+        raise Glm4vEdgeError(f"image is too large to decode safely: {shown} ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise Glm4vEdgeError(f"image is truncated or corrupt: {path} ({error})") from None
+        raise Glm4vEdgeError(f"image is truncated or corrupt: {shown} ({error})") from None
 
 
-def load_video(path: str | Path, sample_indices_fn: Callable) -> Video:
+def load_video(path: str | Path, sample_indices_fn: Callable, name: str | None = None) -> Video:
     """Decode a video with transformers' PyAV loader, sampling frames with the processor's rule."""
-    path = check_file(path, "video")
+    path = check_file(path, "video", name)
+    shown = name or path
     try:
         frames, metadata = transformers_load_video(str(path), backend="pyav", sample_indices_fn=sample_indices_fn)
     except Exception as error:  # PyAV raises many types (InvalidDataError, OSError, ValueError ...)
-        raise Glm4vEdgeError(f"cannot read video: {path} ({first_line(error)})") from None
+        raise Glm4vEdgeError(f"cannot read video: {shown} ({first_line(error).replace(str(path), str(shown))})") \
+            from None
     if len(frames) == 0:
-        raise Glm4vEdgeError(f"video has no frames: {path}")
+        raise Glm4vEdgeError(f"video has no frames: {shown}")
     return Video(frames=np.asarray(frames), metadata=metadata)
 
 

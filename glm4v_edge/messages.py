@@ -1,7 +1,8 @@
 """Chat messages in the transformers format, and GLM-4.1V's rules for the media in them.
 
 A message is ``{"role": ..., "content": str | [parts]}``; a part is ``{"type": "text", "text": ...}``,
-``{"type": "image", "image": path_or_image}`` or ``{"type": "video", "video": path_or_video}``.
+``{"type": "image", "image": path_or_image}`` or ``{"type": "video", "video": path_or_video}``. A
+media part may carry ``"name"``: how errors call its file (a server names the request's part).
 """
 
 from __future__ import annotations

@@ -116,11 +116,15 @@ def from_openai_messages(messages: list[dict], folder: Path) -> list[dict]:
                 parts.append({"type": "text", "text": str(part.get("text", ""))})
             elif kind in (IMAGE_PART, VIDEO_PART):
                 url = (part.get(kind) or {}).get("url", "")
-                data, mime = decode_data_url(url)
+                try:
+                    data, mime = decode_data_url(url)
+                except Glm4vEdgeError as error:
+                    raise Glm4vEdgeError(f"messages[{number}].content[{part_number}]: {error}") from None
                 media = "image" if kind == IMAGE_PART else "video"
                 path = folder / f"{number}-{part_number}{SUFFIXES.get(mime, '.bin')}"
                 path.write_bytes(data)
-                parts.append({"type": media, media: str(path)})
+                # Errors about the file name the request's part, not the server's temporary path.
+                parts.append({"type": media, media: str(path), "name": f"messages[{number}].content[{part_number}]"})
             else:
                 raise Glm4vEdgeError(f"message {number}: unsupported content part type {kind!r}")
         converted.append({"role": role, "content": parts})

@@ -174,9 +174,8 @@ def write_rambling_model(out: Path) -> Path:
 # `glm4v-edge serve` processes, started at collection like the builds (their start-up overlaps
 # the first tests): the embedded model, and the rambling model.
 SERVER_ARGS = {
-    "tiny_server": lambda: ["serve", "--threads", "1"],
-    "rambling_server": lambda: ["serve", "--threads", "1",
-                                "--model", str(write_rambling_model(BUILD_ROOT / "rambling"))],
+    "tiny_server": lambda: ["--threads", "1"],
+    "rambling_server": lambda: ["--threads", "1", "--model", str(write_rambling_model(BUILD_ROOT / "rambling"))],
 }
 SERVERS = {}
 

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 
+from glm4v_edge.bench.local_server import CliServer, free_port
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+__all__ = ["ServeProcess", "free_port", "wait_until_up"]
 
 
 def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout_s: float = 120.0) -> None:
@@ -31,29 +25,4 @@ def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout_s: 
     raise TimeoutError(f"{url} did not come up in {timeout_s:.0f} s")
 
 
-class ServeProcess:
-    """``glm4v-edge serve ARGS`` on a free port, started at once; ``url()`` waits until it answers."""
-
-    def __init__(self, *args: str):
-        self.port = free_port()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
-        self.process = subprocess.Popen([sys.executable, "-m", "glm4v_edge", *args, "--port", str(self.port)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, text=True, env=env)
-
-    def url(self) -> str:
-        """The server's OpenAI base URL, once its /health answers."""
-        try:
-            wait_until_up(f"http://127.0.0.1:{self.port}/health", self.process)
-        except (RuntimeError, TimeoutError) as error:
-            self.log.seek(0)
-            raise RuntimeError(f"{error}; its output:\n{self.log.read()[-4000:]}") from None
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+ServeProcess = CliServer  # ``glm4v-edge serve ARGS`` on a free port, started at once

@@ -52,7 +52,11 @@ def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(ar
     assert fp32["task_replies_identical"] == 3 and fp32["decode_speedup"] is not None
     assert record["machine"]["copy_bandwidth_gbs"] > 0 and record["machine"]["copy_bandwidth_threads"] >= 1
     latency = record["results"]["onnx-fp32"]["latency"]
-    assert set(latency) == {"vision", "prefill", "time_to_first_token", "decode"}
+    assert set(latency) == {"vision", "prefill", "time_to_first_token", "follow_up", "decode"}
+    # The follow-up turn started from the first turn's cache: at least the whole first prompt but its last token.
+    prompt = latency["time_to_first_token"]["prompt_tokens"]
+    assert all(reused >= prompt - 1 for reused in latency["follow_up"]["cached_tokens"])
+    assert fp32["follow_up_ms"] > 0 and fp32["follow_up_cached_tokens"] >= prompt - 1
     markdown = next(results.glob("*.md")).read_text()
     assert "| onnx-fp32 |" in markdown and "| onnx-int8 | failed" in markdown and "Baseline: **torch-fp32**" in markdown
     header, separator = markdown.split("\n")[4:6]

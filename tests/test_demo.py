@@ -5,7 +5,9 @@ The demo runs for real on a free loopback port; nothing of Gradio is mocked.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -25,6 +28,7 @@ from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.demo.ui import launch_demo
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.messages import answer_message, user_message
+from glm4v_edge.runtime.inputs import build_batch
 from glm4v_edge.runtime.variant import Sampling, TokenEvent, collect
 from glm4v_edge.thinking import ReplyParser, history_text
 from tests.conftest import assert_one_line_error, run_cli
@@ -101,8 +105,21 @@ def test_multi_turn_sends_back_answers_only(demo_url, tiny_variant):
                                                             sampling=Sampling.greedy())).reply)
     history = [*turn_one, answer_message(answer_one), user_message(second.question, images=list(second.files))]
     expected = collect(tiny_variant.generate(history, max_new_tokens=256, sampling=Sampling.greedy()))
-    shown = assistant_parts(chat)[1].split("<sub>")[0]
+    shown, metrics = assistant_parts(chat)[1].split("<sub>")
     assert shown.replace("<mark>", "").replace("</mark>", "").strip() == expected.reply.answer
+    # The second turn started from the first one's cache: the demo says how much of the prompt it reused.
+    reused, prompt = map(int, re.search(r"(\d+) of (\d+) prompt tokens reused", metrics).groups())
+    first_prompt = len(build_batch(tiny_variant.processor, [turn_one])["input_ids"][0])
+    assert first_prompt // 16 * 16 <= reused < prompt  # torch reuses whole prefill tiles of 16 positions
+
+
+def test_a_second_user_asking_about_the_same_example_reuses_its_prompt(demo_url):
+    example = EXAMPLES[3]
+    first = assistant_parts(ask(Client(demo_url, verbose=False), example.question, example.files))[1]
+    second = assistant_parts(ask(Client(demo_url, verbose=False), example.question, example.files))[1]
+    assert first.split("<sub>")[0] == second.split("<sub>")[0]
+    reused, prompt = map(int, re.search(r"(\d+) of (\d+) prompt tokens reused", second).groups())
+    assert reused == (prompt - 16) // 16 * 16  # all but the last of torch's prefill tiles (16 positions)
 
 
 def test_stop_ends_generation_mid_reply(demo_url):
@@ -224,13 +241,26 @@ def test_catalog_loads_once_and_evicts_idle_variants_past_the_memory_budget(ramb
     assert list(catalog.loaded) == ["remote"]  # torch did not fit beside it and was idle
 
 
+def test_the_prompt_cache_counts_in_the_memory_budget(rambling_server):
+    catalog = VariantCatalog(DemoSettings(remote_url=rambling_server, memory_budget_gb=1.0))
+    torch_variant = catalog.load("torch").variant
+    assert torch_variant.prompt_cache is catalog.prompt_cache  # every loaded variant shares the demo's cache
+    catalog.prompt_cache.add_features(torch_variant.cache_owner, b"image", np.zeros(1), nbytes=2**30 - 2**20)
+    catalog.load("remote")
+    assert list(catalog.loaded) == ["remote"]  # the cache filled the budget: idle torch went, and its entries
+    assert catalog.cache_bytes() == 0
+
+
 def test_settings_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GLM4V_EDGE_ARTIFACTS", str(tmp_path))
     monkeypatch.setenv("GLM4V_EDGE_MEMORY_GB", "2.5")
+    monkeypatch.setenv("GLM4V_EDGE_PROMPT_CACHE_GB", "0")
     settings = DemoSettings.from_env(variant="torch")
     assert settings.artifacts == tmp_path and settings.memory_budget_bytes == int(2.5 * 2**30)
     assert settings.variant == "torch"
     assert settings.max_images == 10
+    assert settings.prompt_cache_gb == 0
+    assert VariantCatalog(dataclasses.replace(settings, artifacts=None)).prompt_cache is None  # 0 turns it off
 
 
 def test_a_pdf_becomes_page_images(demo_url, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import urllib.error
 import urllib.request
 
 import openai
@@ -62,8 +63,9 @@ def test_thinking_budget_zero_answers_directly(tiny_server):
 
 
 @pytest.mark.parametrize("content, status, fragment", [
+    # The unreadable image is named by its place in the request, not the server's temporary file.
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()}},
-      {"type": "text", "text": "What is this?"}], 400, "not an image"),
+      {"type": "text", "text": "What is this?"}], 400, "not an image Pillow can read: messages[0].content[0]"),
     ([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}], 400, "data URL"),
     ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}], 400, "invalid base64"),
     ([{"type": "input_audio", "input_audio": {}}], 400, "unsupported content part"),
@@ -78,6 +80,43 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(tiny_server
     ok = client.chat.completions.create(model="torch-fp32", messages=[{"role": "user", "content": "Hello"}],
                                         max_tokens=8)
     assert ok.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"messages": []}, "at least one message"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": -5}, "max_tokens must be at least 1"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 0}, "max_completion_tokens must be"),
+])
+def test_requests_openai_refuses_are_a_400(tiny_server, body, fragment):
+    request = urllib.request.Request(tiny_server + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=30)
+    assert raised.value.code == 400
+    message = json.loads(raised.value.read())["error"]["message"]
+    assert fragment in message and "\n" not in message
+
+
+def test_a_client_resending_its_history_reuses_the_prompt(tiny_server):
+    """No session id: the server finds the earlier turn's prefix (image included) in its cache and
+    reports it as OpenAI does; the reply is the one a cold server gives (tests/test_prompt_cache.py)."""
+    example = EXAMPLES[0]
+    url = "data:image/png;base64," + base64.b64encode(example.files[0].read_bytes()).decode()
+    client = openai.OpenAI(base_url=tiny_server, api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": example.question}]}]
+    before = health(tiny_server)["prompt_cache"]
+    first = client.chat.completions.create(model="torch-fp32", messages=messages, max_tokens=64, temperature=0)
+    answer = parse_reply(first.choices[0].message.content).answer
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Are you sure?"}]
+    chunks = list(client.chat.completions.create(model="torch-fp32", messages=messages, max_tokens=16, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens // 16 * 16  # torch's tile: 16
+    assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+    after = health(tiny_server)["prompt_cache"]
+    assert after["hits"] > before["hits"] and after["entries"] >= 1 and 0 < after["bytes"] <= after["max_bytes"]
+    assert 0 < after["hit_rate"] <= 1
 
 
 def test_unknown_model_is_404(tiny_server):

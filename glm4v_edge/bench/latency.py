@@ -3,6 +3,8 @@
 Vision: ``encode_vision`` on one generated image per size. Prefill: ``prompt_logits`` on text
 prompts of fixed token lengths. Time to first token and decode: ``generate`` on a fixed image
 question, from the stream's own timestamps (token-to-token intervals after the first token).
+Follow-up: the time to first token of a second turn about the same image (the history as the
+demo sends it), from the first turn's prompt cache; each run starts with an empty cache.
 Every stage is warmed up once, then timed ``runs`` times; medians and p90s are reported.
 """
 
@@ -15,11 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from glm4v_edge.messages import user_message
+from glm4v_edge.messages import answer_message, user_message
 from glm4v_edge.runtime.cpu_profile import CPU_MAX_PIXELS
 from glm4v_edge.runtime.inputs import build_batch
+from glm4v_edge.runtime.prompt_cache import DEFAULT_PROMPT_CACHE_GB, PromptCache
 from glm4v_edge.runtime.variant import MeasurableVariant, Sampling
+from glm4v_edge.thinking import Reply, history_text
 
+FOLLOW_UP = "What else do you see in the image?"
 FILLER = ["the", "red", "circle", "moves", "left", "of", "the", "blue", "square", "and", "the", "green", "triangle"]
 
 
@@ -92,21 +97,33 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
 
     messages = [user_message("Describe the image in detail.", images=[image_of(prompts.image_sizes[0])])]
     first_prompt_tokens = int(build_batch(processor, [messages])["input_ids"].shape[1])
-    first, steps, generated = [], [], []
+    follows = getattr(variant, "supports_prompt_cache", False)
+    first, steps, generated, second, reused = [], [], [], [], []
     for run in range(runs + 1):
-        times = [event.elapsed_s for event in variant.generate(
-            messages, max_new_tokens=prompts.decode_tokens, sampling=Sampling.greedy())]
+        if follows:  # empty per run: turn one finds nothing, turn two finds turn one
+            variant.prompt_cache = PromptCache(int(DEFAULT_PROMPT_CACHE_GB * 2**30))
+        events = list(variant.generate(messages, max_new_tokens=prompts.decode_tokens, sampling=Sampling.greedy()))
+        answer = history_text(Reply.from_pieces([piece for event in events for piece in event.pieces]))
+        turn_two = [*messages, answer_message(answer), user_message(FOLLOW_UP)]
+        event = next(iter(variant.generate(turn_two, max_new_tokens=1, sampling=Sampling.greedy())), None) \
+            if follows else None
+        variant.prompt_cache = None
+        times = [event.elapsed_s for event in events]
         if run == 0 or not times:
             continue  # warm-up
         first.append(times[0])
         steps += list(np.diff(times))
         generated.append(len(times))
+        if event is not None:
+            second.append(event.elapsed_s)
+            reused.append(event.cached_tokens)
     decode = stats(steps) if steps else None
     return {
         "vision": vision,
         "prefill": prefill,
         "time_to_first_token": ({**stats(first), "image_px": prompts.image_sizes[0],
                                  "prompt_tokens": first_prompt_tokens} if first else None),
+        "follow_up": ({**stats(second), "cached_tokens": reused, "question": FOLLOW_UP} if second else None),
         "decode": decode and {**decode, "tokens_per_s": round(1000 / decode["median_ms"], 2),
                               "tokens_per_run": generated},
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from glm4v_edge.runtime.prompt_cache import DEFAULT_PROMPT_CACHE_GB
+
 PROMPT_SET_NAMES = ("standard", "quick", "gpu", "cpu", "none")  # see bench.latency.PROMPT_SETS; none: accuracy only
 
 
@@ -29,3 +31,26 @@ class BenchSettings:
     @property
     def results_folder(self) -> Path:
         return self.out if self.out is not None else self.artifacts / "bench"
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    artifacts: Path | None = None
+    model: str | None = None
+    variant: str = "onnx-q4"
+    threads: int | None = None
+    image_px: int = 784  # the CPU profile's largest square image
+    max_tokens: int = 32  # per reply
+    prompt_cache_gb: float = DEFAULT_PROMPT_CACHE_GB  # the run with the cache; the other has 0
+    # 0: the history holds the model's own answers, as the demo sends them. N: each answer in the
+    # history is a fixed text of N words instead (a client replaying a conversation; random-weight
+    # models' replies decode to almost no text, so their own history is nearly empty).
+    answer_words: int = 0
+    out: Path = Path("artifacts/bench")
+    name: str = "conversation"
+
+    def server_args(self, prompt_cache_gb: float) -> list[str]:
+        args = ["--variant", self.variant, "--prompt-cache-gb", f"{prompt_cache_gb:g}"]
+        args += ["--artifacts", str(self.artifacts)] if self.artifacts else []
+        args += ["--model", self.model] if self.model else []
+        return args + (["--threads", str(self.threads)] if self.threads else [])

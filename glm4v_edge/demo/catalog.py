@@ -1,4 +1,5 @@
-"""The variants a demo offers, loaded on first use and kept while they fit a memory budget."""
+"""The variants a demo offers, loaded on first use and kept while they fit a memory budget
+together with the prompt cache they share."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.machine import resident_bytes
 from glm4v_edge.names import REMOTE
+from glm4v_edge.runtime.prompt_cache import PromptCache
 from glm4v_edge.runtime.registry import built_variants, load_from, missing_packages
 from glm4v_edge.runtime.variant import MeasurableVariant, Variant
 
@@ -48,6 +50,9 @@ class VariantCatalog:
         self.lock = threading.Lock()  # guards ``loaded``
         self.load_lock = threading.Lock()
         self.slots: dict[str, threading.BoundedSemaphore] = {}
+        # One cache for every session and variant: a user's next turn, and a second user asking
+        # about the same example image, start from what was computed before.
+        self.prompt_cache = PromptCache.from_gb(settings.prompt_cache_gb)
 
     def names(self) -> list[str]:
         return list(self.available)
@@ -81,7 +86,7 @@ class VariantCatalog:
             started, before = time.perf_counter(), resident_bytes() or 0
             variant = load_from(name, self.settings.model, self.settings.artifacts, remote_url=self.settings.remote_url,
                                 remote_model=self.settings.remote_model, device=self.settings.device,
-                                threads=self.settings.threads)
+                                threads=self.settings.threads, prompt_cache=self.prompt_cache)
             # What loading added to this process (libraries included), at least what it maps from disk.
             added = max(0, (resident_bytes() or 0) - before)
             entry = Loaded(variant, time.perf_counter() - started,
@@ -91,14 +96,20 @@ class VariantCatalog:
                 self._evict(keep=name)
             return entry
 
+    def cache_bytes(self) -> int:
+        return self.prompt_cache.nbytes if self.prompt_cache is not None else 0
+
     def _evict(self, keep: str) -> None:
-        """Drop idle variants, oldest use first, until the loaded ones' resident memory fits the budget."""
+        """Drop idle variants (and their cached prompts), oldest use first, until the loaded ones'
+        resident memory plus the prompt cache fits the budget."""
         budget = self.settings.memory_budget_bytes
         for name in list(self.loaded):
-            if sum(e.resident_bytes for e in self.loaded.values()) <= budget:
+            if sum(e.resident_bytes for e in self.loaded.values()) + self.cache_bytes() <= budget:
                 return
             if name != keep and self.loaded[name].users == 0:
-                del self.loaded[name]
+                evicted = self.loaded.pop(name).variant
+                if self.prompt_cache is not None and hasattr(evicted, "cache_owner"):
+                    self.prompt_cache.forget(evicted.cache_owner)
 
     def _slot(self, name: str) -> threading.BoundedSemaphore:
         with self.lock:

@@ -19,12 +19,15 @@ class ReplyView:
     thinking_done_s: float | None = None
     last_s: float = 0.0
     tokens: int = 0
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # of the prompt, reused from the prompt cache
     stopped: bool = False
     finished: bool = False
 
     def add(self, event: TokenEvent) -> None:
         self.tokens += 1
         self.pieces += event.pieces
+        self.prompt_tokens, self.cached_tokens = event.prompt_tokens, event.cached_tokens
         self.first_token_s = event.elapsed_s if self.first_token_s is None else self.first_token_s
         self.last_s = event.elapsed_s
         if self.thinking_done_s is None and any(piece.channel == "answer" for piece in event.pieces):
@@ -59,8 +62,10 @@ class ReplyView:
             return f"no tokens · {self.variant_name}" + (" · stopped" if self.stopped else "")
         speed = decode_tokens_per_s(self.tokens, self.first_token_s, self.last_s)
         rate = "- tokens/s" if speed is None else f"{speed:.1f} tokens/s"
-        fields = [f"first token {self.first_token_s:.2f} s", rate, f"{self.tokens} tokens", self.variant_name]
-        return " · ".join(fields + (["stopped"] if self.stopped else []))
+        fields = [f"first token {self.first_token_s:.2f} s", rate, f"{self.tokens} tokens"]
+        if self.cached_tokens is not None and self.prompt_tokens:
+            fields.append(f"{self.cached_tokens} of {self.prompt_tokens} prompt tokens reused")
+        return " · ".join([*fields, self.variant_name] + (["stopped"] if self.stopped else []))
 
     def messages(self) -> list[dict]:
         """Chat messages (Gradio's messages format) for the reply so far."""

@@ -52,12 +52,18 @@ class ChatCompletionRequest(BaseModel):
     stream_options: dict[str, Any] | None = None  # include_usage; continuous_usage_stats (vLLM's)
     continue_final_message: bool = False  # vLLM's: the reply continues the final assistant message
     add_generation_prompt: bool = True  # vLLM's: False when continuing
+    return_token_ids: bool = False  # vLLM's: each choice also carries the generated token ids
     thinking_budget: int | None = None  # not OpenAI's: force </think><answer> after N thinking tokens
 
     def problem(self) -> str | None:
         """Why this request cannot be served, in one line (None: it can)."""
+        if not self.messages:
+            return "messages must hold at least one message"
         if self.n != 1:
             return "n must be 1"
+        for field in ("max_tokens", "max_completion_tokens"):
+            if (value := getattr(self, field)) is not None and value < 1:
+                return f"{field} must be at least 1 (got {value})"
         if self.continue_final_message:
             if self.add_generation_prompt:
                 return "continue_final_message needs add_generation_prompt: false"
@@ -101,7 +107,8 @@ class LimitBody:
 
 
 def create_app(variant: Variant, *, served_model: str | None = None, concurrency: int = 1) -> FastAPI:
-    """The HTTP app for one loaded variant; at most ``concurrency`` generations run at once."""
+    """The HTTP app for one loaded variant; at most ``concurrency`` generations run at once.
+    Any client that resends its history reuses the variant's prompt cache (no session id)."""
     served_model = served_model or variant.name
     slots = asyncio.Semaphore(concurrency)
     stats = {"running": 0, "completed": 0, "last_completion_tokens": None}  # shown at /health
@@ -110,7 +117,8 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": served_model, **stats}
+        cache = getattr(variant, "prompt_cache", None)
+        return {"status": "ok", "model": served_model, **stats, "prompt_cache": cache and cache.stats()}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -145,7 +153,7 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
             if isinstance(error, Glm4vEdgeError):
                 return error_response(400, str(error))
             raise
-        completion = Completion(served_model, body.token_limit())
+        completion = Completion(served_model, body.token_limit(), body.return_token_ids)
 
         def finish() -> None:
             """Once per request, however it ended (done, error, client gone): stop generating, free the slot."""
@@ -165,7 +173,7 @@ def create_app(variant: Variant, *, served_model: str | None = None, concurrency
         try:
             event = first
             while event is not None:
-                completion.usage.add(event)
+                completion.add(event)
                 texts.append(event.text)
                 if await request.is_disconnected():  # nobody will read the reply: stop generating it
                     break
@@ -197,26 +205,38 @@ class Usage:
 
     prompt_tokens: int = 0  # from the variant's events (0 only if it generated nothing)
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens the prompt cache supplied (None: the variant did not say)
 
     def add(self, event: TokenEvent) -> None:
         self.completion_tokens += 1
         if event.prompt_tokens is not None:
             self.prompt_tokens = event.prompt_tokens
+        if event.cached_tokens is not None:
+            self.cached_tokens = event.cached_tokens
 
     def as_dict(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                 "total_tokens": self.prompt_tokens + self.completion_tokens}
+        if self.cached_tokens is not None:  # as OpenAI reports prompt caching
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
 
 class Completion:
     """Response bodies for one request, in the chat-completions shapes."""
 
-    def __init__(self, model: str, token_limit: int):
+    def __init__(self, model: str, token_limit: int, token_ids: bool = False):
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
         self.token_limit = token_limit
         self.usage = Usage()
+        self.token_ids: list[int] | None = [] if token_ids else None  # vLLM's return_token_ids
+
+    def add(self, event: TokenEvent) -> None:
+        self.usage.add(event)
+        if self.token_ids is not None:
+            self.token_ids.append(event.token_id)
 
     def finish_reason(self) -> str:
         return "length" if self.usage.completion_tokens >= self.token_limit else "stop"
@@ -225,14 +245,19 @@ class Completion:
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": self.finish_reason()}],
+                         "finish_reason": self.finish_reason(),
+                         **({} if self.token_ids is None else {"token_ids": self.token_ids})}],
             "usage": self.usage.as_dict(),
         }
 
-    def chunk(self, delta: dict | None, finish_reason: str | None = None, usage: bool = False) -> str:
+    def chunk(self, delta: dict | None, finish_reason: str | None = None, usage: bool = False,
+              token_ids: list[int] | None = None) -> str:
         """One SSE event; ``delta`` None is the usage-only chunk (no choices) OpenAI sends last."""
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        if token_ids is not None:
+            choice["token_ids"] = token_ids
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+                "choices": [] if delta is None else [choice]}
         if usage:
             body["usage"] = self.usage.as_dict()
         return f"data: {json.dumps(body)}\n\n"
@@ -243,9 +268,11 @@ class Completion:
             yield self.chunk({"role": "assistant", "content": ""})
             event = first
             while event is not None:
-                self.usage.add(event)
-                if event.text:
-                    yield self.chunk({"content": event.text}, usage=continuous_usage)
+                self.add(event)
+                # Per-token usage or ids: every token, even one whose text is still pending.
+                if event.text or continuous_usage or self.token_ids is not None:
+                    yield self.chunk({"content": event.text}, usage=continuous_usage,
+                                     token_ids=None if self.token_ids is None else [event.token_id])
                 event = await anyio.to_thread.run_sync(next, events, None)
             yield self.chunk({}, self.finish_reason())
             if include_usage:

@@ -18,6 +18,7 @@ ENV = {
     "remote_model": ("GLM4V_EDGE_REMOTE_MODEL", str),  # the served model id at that endpoint
     "device": ("GLM4V_EDGE_DEVICE", str),
     "memory_budget_gb": ("GLM4V_EDGE_MEMORY_GB", float),
+    "prompt_cache_gb": ("GLM4V_EDGE_PROMPT_CACHE_GB", float),  # 0 turns the prompt cache off
 }
 
 
@@ -34,7 +35,10 @@ class DemoSettings:
     remote_model: str | None = None
     device: str | None = None
     threads: int | None = None
-    memory_budget_gb: float | None = None  # loaded variants kept within this (default: half the RAM)
+    memory_budget_gb: float | None = None  # loaded variants + the prompt cache kept within this (default: half the RAM)
+    # Earlier turns' key/value cache and image features, reused by the next turn (None: the
+    # default size, prompt_cache.DEFAULT_PROMPT_CACHE_GB; 0: off).
+    prompt_cache_gb: float | None = None
     concurrency_per_variant: int = 1  # generations at once on one variant; more wait in the queue
     queue_size: int = 32  # waiting requests beyond this are turned away
     max_images: int = 10  # per message, PDF pages included (GLM-4.1V's own limit)

@@ -20,8 +20,9 @@ from tokenizers.decoders import DecodeStream
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 from transformers.generation.utils import GenerationMixin
 
-from glm4v_edge.dims import context_length
+from glm4v_edge.dims import context_length, merge_size
 from glm4v_edge.runtime.inputs import build_batch
+from glm4v_edge.runtime.prompt_cache import PromptReuse
 from glm4v_edge.runtime.thinking_budget import ThinkingBudget
 from glm4v_edge.runtime.variant import Sampling, TokenEvent
 from glm4v_edge.thinking import ReplyParser
@@ -102,13 +103,14 @@ class ReplyStream:
     """Generated token ids -> ``TokenEvent``s: decoded incrementally (tokenizers' ``DecodeStream``),
     split by the thinking parser, timed from ``started``. Every variant yields through one."""
 
-    def __init__(self, tokenizer, budget: ThinkingBudget, started: float, prompt_tokens: int):
+    def __init__(self, tokenizer, budget: ThinkingBudget, started: float, prompt_tokens: int, cached_tokens: int = 0):
         self.tokenizer = tokenizer.backend_tokenizer
         self.decoder = DecodeStream(skip_special_tokens=False)  # special tokens carry <think> and boxes
         self.parser = ReplyParser()
         self.budget = budget
         self.started = started
         self.prompt_tokens = prompt_tokens
+        self.cached_tokens = cached_tokens
         self.generated: list[int] = []
 
     def event(self, token_id: int) -> TokenEvent:
@@ -121,6 +123,7 @@ class ReplyStream:
             elapsed_s=time.perf_counter() - self.started,
             forced=self.budget.was_forced(np.asarray(self.generated)),
             prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -133,6 +136,7 @@ class GenerationPlan:
     config: GenerationConfig  # the checkpoint's, with the caller's overrides and the token limit
     budget: ThinkingBudget
     reply: ReplyStream
+    reuse: PromptReuse | None = None  # the prompt cache's part, when the variant has one
 
     @property
     def budget_processor(self) -> ForceBudgetTokens:
@@ -142,7 +146,8 @@ class GenerationPlan:
 def plan_generation(variant, messages: list[dict], max_new_tokens: int, sampling: Sampling | None,
                     thinking_budget: int | None, continue_final_message: bool = False) -> GenerationPlan:
     """The shared prologue of ``generate``: ``variant`` brings its processor, config, generation
-    config and special tokens. The reply is limited to what the context has room for."""
+    config and special tokens (and its prompt cache, if any). The reply is limited to what the
+    context has room for."""
     started = time.perf_counter()
     limit = context_length(variant.config)
     batch = build_batch(variant.processor, [messages], max_positions=limit,
@@ -153,5 +158,9 @@ def plan_generation(variant, messages: list[dict], max_new_tokens: int, sampling
     if sampling is not None and sampling.seed is not None:
         torch.manual_seed(sampling.seed)  # generate() samples from torch's global generator
     budget = ThinkingBudget.for_tokens(None if continue_final_message else thinking_budget, variant.tokens)
-    reply = ReplyStream(variant.processor.tokenizer, budget, started, prompt_length)
-    return GenerationPlan(batch, prompt_length, config, budget, reply)
+    reuse = None
+    if getattr(variant, "prompt_cache", None) is not None:
+        reuse = PromptReuse.plan(variant.prompt_cache, variant.cache_owner, batch, merge_size(variant.config),
+                                 variant.prefill_tile)
+    reply = ReplyStream(variant.processor.tokenizer, budget, started, prompt_length, reuse.reused if reuse else 0)
+    return GenerationPlan(batch, prompt_length, config, budget, reply, reuse)

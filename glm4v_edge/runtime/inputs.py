@@ -24,8 +24,8 @@ def _load_media(item: dict, kind: str, processor) -> Image.Image | Video:
         if str(value).startswith(("http://", "https://")):
             raise Glm4vEdgeError(f"download the {kind} first; glm4v-edge reads local files only: {value}")
         if kind == "image":
-            return load_image(value)
-        return load_video(value, sample_indices_fn=processor.video_processor.sample_frames)
+            return load_image(value, item.get("name"))
+        return load_video(value, sample_indices_fn=processor.video_processor.sample_frames, name=item.get("name"))
     if kind == "image" and isinstance(value, Image.Image):
         return to_rgb(value)
     if kind == "video" and isinstance(value, Video):

@@ -5,12 +5,15 @@ Per step the decoder sees only the new token; its key/value cache stays in onnxr
 the cache never crosses to the host). A generation allocates the cache once, as long as the
 prompt plus the reply can be, and binds it as both the past input and the present output:
 GroupQueryAttention then writes each new position in place instead of copying the whole cache
-every step (at 8192 positions that copy was a third of a medium decode step). The processor, the
-chat template, the thinking parser and the token choice are the same as the torch variant's.
+every step (at 8192 positions that copy was a third of a medium decode step). With a prompt
+cache (``prompt_cache.py``), a request starts from the cached positions of its longest matching
+prefix and prefills only the rest. The processor, the chat template, the thinking parser and the
+token choice are the same as the torch variant's.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,11 +42,17 @@ from glm4v_edge.names import (
     kv_names,
     onnx_variant,
 )
-from glm4v_edge.runtime.generation import choose_tokens, host_logits_processors, plan_generation
+from glm4v_edge.runtime.generation import GenerationPlan, choose_tokens, host_logits_processors, plan_generation
 from glm4v_edge.runtime.positions import rope_positions
+from glm4v_edge.runtime.prompt_cache import MediaItem, PromptCache, PromptReuse, media_items
 from glm4v_edge.runtime.variant import Sampling, TokenEvent
 
 NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# Each decoder precision's prefill tile, for exact prompt-cache reuse (prompt_cache.py): float
+# MatMul rounds a one-row run differently (matrix-vector), so 2; MatMulNBits computes rows in pairs
+# and an odd last row alone (measured), 16 also covers wider tiles on other CPUs; int8 quantizes its
+# activations with one scale per tensor, so no row is independent of its run (features are reused).
+PREFILL_TILE = {"fp32": 2, "fp16": 2, "q4": 16, "q4f16": 16, "int8": None}
 
 
 CUDA = "CUDAExecutionProvider"
@@ -115,21 +124,22 @@ class Graph:
         return binding.get_outputs()
 
 
+def encode_item(vision: Graph, merge: int, batch: dict[str, np.ndarray], item: MediaItem) -> np.ndarray:
+    """The vision graph on one image, or on a video one frame pair per call (see export.graphs):
+    its merged features."""
+    pixels = batch[item.source][item.patches]
+    t, h, w = (int(size) for size in item.grid)
+    grid = np.array([[1, h, w]], dtype=np.int64)
+    positions = get_vision_position_ids(torch.from_numpy(grid), merge).numpy()
+    pieces = [vision.run(dict(zip(VISION_INPUTS, (pixels[frame * h * w:(frame + 1) * h * w], grid, positions))))[0]
+              .numpy() for frame in range(t)]
+    return np.concatenate(pieces)
+
+
 def encode_media(vision: Graph, merge: int, batch: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The vision graph on every image, then every video frame pair, of a processor batch (numpy):
-    their merged features in prompt order, or None when the batch has no media."""
-    pieces = []
-    for pixels_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-        if batch.get(pixels_key) is None:
-            continue
-        pixels, start = batch[pixels_key], 0
-        for t, h, w in batch[grid_key]:
-            for _ in range(int(t)):  # one call per image or frame pair (see export.graphs)
-                grid = np.array([[1, h, w]], dtype=np.int64)
-                positions = get_vision_position_ids(torch.from_numpy(grid), merge).numpy()
-                inputs = dict(zip(VISION_INPUTS, (pixels[start:start + h * w], grid, positions)))
-                pieces.append(vision.run(inputs)[0].numpy())
-                start += h * w
+    """The vision graph on every image, then every video, of a processor batch (numpy): their
+    merged features in prompt order, or None when the batch has no media."""
+    pieces = [encode_item(vision, merge, batch, item) for item in media_items(batch, merge)]
     return np.concatenate(pieces).astype(np.float32) if pieces else None
 
 
@@ -138,14 +148,23 @@ class DecodeState:
     """What one step of the host loop carries to the next."""
 
     past: list[ort.OrtValue]  # (batch, kv_heads, positions, head_dim); see ``shared_cache``
-    attention_mask: np.ndarray  # (batch, past + new)
+    attention_mask: np.ndarray  # (batch, past + new): as long as the positions written
     next_position: np.ndarray  # (batch,) the M-RoPE position of the next token
     input_ids: torch.Tensor  # prompt + generated, for repetition penalty and the thinking budget
     shared_cache: bool = False  # ``past`` is preallocated and updated in place (else replaced each step)
+    host: list[np.ndarray] | None = None  # the CPU memory behind a shared ``past``: kept alive with it
+
+    def kv(self) -> list[np.ndarray]:
+        """A compact copy of the positions written so far, per past name (for the prompt cache)."""
+        length = self.attention_mask.shape[1]
+        arrays = self.host if self.shared_cache and self.host is not None else [value.numpy() for value in self.past]
+        return [np.ascontiguousarray(array[:, :, :length]) for array in arrays]
 
 
 class OnnxVariant:
     """An artifacts folder written by ``glm4v-edge export onnx``, run by onnxruntime."""
+
+    supports_prompt_cache = True
 
     def __init__(
         self, artifacts: str | Path, *, dtype: str = "fp32", vision_dtype: str | None = None,
@@ -171,6 +190,8 @@ class OnnxVariant:
         self.shared_cache = self.manifest.get("kv_cache") == SHARED_KV_CACHE
         self.kv_heads, self.head_dim = kv_shape(self.config)
         self.context_length = context_length(self.config)
+        self.prompt_cache: PromptCache | None = None  # set by the loader: reuse earlier prompts' cache
+        self.prefill_tile = PREFILL_TILE[dtype]
         self.artifact_bytes = sum(self.graph_bytes(graph) for graph in (self.vision, self.embed, self.decoder))
         self.decoder_bytes = self.graph_bytes(self.decoder)
         suffix = "" if vision_dtype == dtype else f"+vision-{vision_dtype}"
@@ -187,6 +208,10 @@ class OnnxVariant:
             verify_file(self.folder, self.manifest, file)
         return Graph(self.folder / name, self.device, threads)
 
+    @property
+    def cache_owner(self) -> str:
+        return f"{self.name}@{id(self):x}"
+
     def graph_files(self, name: str) -> list[str]:
         """A graph and its external-weights side file, as the manifest lists them."""
         return [file for file in (name, *external_data_files(name)) if file in self.manifest["files"]]
@@ -201,11 +226,19 @@ class OnnxVariant:
         """Merged features of every image, then every video frame pair, in prompt order."""
         return encode_media(self.vision, merge_size(self.config), batch)
 
-    def input_embeddings(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        embeds = self.embed.run({EMBED_INPUT: batch["input_ids"]})[0].numpy().astype(np.float32)
-        features = self.vision_features(batch)
+    def input_embeddings(self, batch: dict[str, np.ndarray], reuse: PromptReuse | None = None) -> np.ndarray:
+        """The prompt's embeddings with the media features in place; with ``reuse``, only of the
+        positions after the cached prefix, each image's features from the cache when it has them."""
+        start = reuse.reused if reuse else 0
+        embeds = self.embed.run({EMBED_INPUT: batch["input_ids"][:, start:]})[0].numpy().astype(np.float32)
+        if reuse is None:
+            features = self.vision_features(batch)
+        else:
+            encode = functools.partial(encode_item, self.vision, merge_size(self.config), batch)
+            pieces = reuse.media_rows(batch["mm_token_type_ids"], encode) if "mm_token_type_ids" in batch else []
+            features = np.concatenate(pieces).astype(np.float32) if pieces else None
         if features is not None:
-            media = batch["mm_token_type_ids"] != 0
+            media = batch["mm_token_type_ids"][:, start:] != 0
             if int(media.sum()) != len(features):
                 raise Glm4vEdgeError(
                     f"the prompt has {int(media.sum())} media tokens but the images give {len(features)} features"
@@ -222,13 +255,20 @@ class OnnxVariant:
         logits, *present = self.decoder.run(inputs, dict(zip(self.present_names, past)) if in_place else None)
         return logits.numpy().astype(np.float32), past if in_place else present
 
-    def new_cache(self, batch_size: int, positions: int = 0) -> list[ort.OrtValue]:
-        """A cache with room for ``positions`` (0: the empty cache a per-step graph joins to),
-        uninitialised: the attention reads only the positions written so far."""
+    def new_cache(self, batch_size: int, positions: int = 0, prefix: list[np.ndarray] | None = None,
+                  filled: int = 0) -> tuple[list[ort.OrtValue], list[np.ndarray]]:
+        """A cache with room for ``positions`` (0: the empty cache a per-step graph joins to), its
+        first ``filled`` positions copied from ``prefix`` and the rest uninitialised: the attention
+        reads only the positions written so far. Returns the values to bind and the host arrays
+        behind them (on CPU the values point at those arrays; keep them alive together)."""
         dtype = self.decoder.float_type(self.past_names[0])
-        shape = (batch_size, self.kv_heads, positions, self.head_dim)
-        return [ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.decoder.device, self.decoder.device_id)
-                for _ in self.past_names]
+        arrays = []
+        for index in range(len(self.past_names)):
+            array = np.empty((batch_size, self.kv_heads, positions, self.head_dim), dtype=dtype)
+            if filled:
+                array[:, :, :filled] = prefix[index][:, :, :filled]
+            arrays.append(array)
+        return [self.decoder.value(array) for array in arrays], arrays
 
     # --- prefill and decode steps ------------------------------------------------------
 
@@ -241,23 +281,30 @@ class OnnxVariant:
             batch.get("image_grid_thw"), batch.get("video_grid_thw"), merge_size(self.config),
         )
 
-    def run_prompt(self, batch: dict[str, Any], keep: int | None = None,
-                   new_tokens: int = 0) -> tuple[np.ndarray, DecodeState]:
-        """The whole prompt through the graphs: the last ``keep`` positions' logits (all
+    def run_prompt(self, batch: dict[str, Any], keep: int | None = None, new_tokens: int = 0,
+                   reuse: PromptReuse | None = None) -> tuple[np.ndarray, DecodeState]:
+        """The prompt through the graphs: the last ``keep`` positions' logits (all prefilled
         positions when None) and the state to decode from. ``new_tokens``: with a graph that
-        updates its cache in place, the cache is allocated once with room for that many more."""
+        updates its cache in place, the cache is allocated once with room for that many more.
+        ``reuse``: its cached prefix is copied in and only the positions after it run; their
+        M-RoPE positions come from the whole prompt's (an image before them shifts them all)."""
         batch = self._numpy_batch(batch)
         positions, next_position = self._positions(batch)
         mask = batch["attention_mask"]
+        start = reuse.reused if reuse else 0
         in_place = self.shared_cache and new_tokens > 0
-        cache = self.new_cache(len(mask), mask.shape[1] + new_tokens if in_place else 0)
-        logits, present = self.decode(self.input_embeddings(batch), mask, positions, cache,
-                                      keep=keep or mask.shape[1], in_place=in_place)
-        return logits, DecodeState(present, mask, next_position, torch.from_numpy(batch["input_ids"]), in_place)
+        cache, host = self.new_cache(len(mask), mask.shape[1] + new_tokens if in_place else start,
+                                     prefix=reuse.entry.kv if start else None, filled=start)
+        logits, present = self.decode(self.input_embeddings(batch, reuse), mask, positions[:, :, start:], cache,
+                                      keep=keep or mask.shape[1] - start, in_place=in_place)
+        state = DecodeState(present, mask, next_position, torch.from_numpy(batch["input_ids"]), in_place,
+                            host if self.decoder.device == "cpu" else None)
+        return logits, state
 
-    def prefill(self, batch: dict[str, Any], new_tokens: int = 0) -> tuple[np.ndarray, DecodeState]:
+    def prefill(self, batch: dict[str, Any], new_tokens: int = 0,
+                reuse: PromptReuse | None = None) -> tuple[np.ndarray, DecodeState]:
         """Run the prompt; return the last position's logits (batch, vocab) and the state."""
-        logits, state = self.run_prompt(batch, keep=1, new_tokens=new_tokens)
+        logits, state = self.run_prompt(batch, keep=1, new_tokens=new_tokens, reuse=reuse)
         return logits[:, -1], state
 
     def step(self, state: DecodeState, token_ids: np.ndarray) -> np.ndarray:
@@ -285,7 +332,23 @@ class OnnxVariant:
         continue_final_message: bool = False,
     ) -> Iterator[TokenEvent]:
         plan = plan_generation(self, messages, max_new_tokens, sampling, thinking_budget, continue_final_message)
-        logits, state = self.prefill(plan.batch, new_tokens=plan.config.max_new_tokens)
+        logits, state = self.prefill(plan.batch, new_tokens=plan.config.max_new_tokens, reuse=plan.reuse)
+        tokens = self._decode(plan, logits, state, stop)
+        if plan.reuse is None:
+            yield from tokens
+            return
+        # Stored once the stream ended between two tokens (done, stopped or closed by its
+        # reader), when every position in the cache is whole; never after an error.
+        try:
+            yield from tokens
+        except GeneratorExit:
+            plan.reuse.remember(state.input_ids[0, plan.prompt_length:].tolist(), state.kv())
+            raise
+        plan.reuse.remember(state.input_ids[0, plan.prompt_length:].tolist(), state.kv())
+
+    def _decode(self, plan: GenerationPlan, logits: np.ndarray, state: DecodeState,
+                stop: threading.Event | None) -> Iterator[TokenEvent]:
+        """The host loop: choose a token as ``generate`` does, yield it, feed it back."""
         processors = host_logits_processors(self.config, plan.config, state.input_ids,
                                             torch.as_tensor(plan.batch["attention_mask"]),
                                             LogitsProcessorList([plan.budget_processor]))

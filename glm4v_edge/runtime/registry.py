@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.manifest import read_manifest, verify_file
@@ -28,6 +29,9 @@ from glm4v_edge.names import (
     torch_variant,
 )
 from glm4v_edge.runtime.variant import Variant
+
+if TYPE_CHECKING:
+    from glm4v_edge.runtime.prompt_cache import PromptCache
 
 Loader = Callable[..., Variant]
 
@@ -106,10 +110,12 @@ def load_variant(name: str, model: str | Path | None = None, **options) -> Varia
 
 def load_from(name: str, model: str | Path | None, artifacts: str | Path | None, *,
               remote_url: str | None = None, remote_model: str | None = None, cpu_profile: bool = True,
-              **options) -> Variant:
+              prompt_cache: PromptCache | None = None, **options) -> Variant:
     """Load ``name`` from a build: the artifacts folder goes to the variants it holds, the
     remote variant gets the endpoint, the rest load ``model`` (the source checkpoint).
-    ``cpu_profile``: on CPU, images are limited to the CPU profile's size (``cpu_profile.py``)."""
+    ``cpu_profile``: on CPU, images are limited to the CPU profile's size (``cpu_profile.py``).
+    ``prompt_cache``: later requests reuse earlier ones' key/value cache and image features, in
+    every variant that can (a local one with a dynamic cache); None: none kept."""
     from glm4v_edge.runtime.cpu_profile import apply_max_pixels, max_pixels_for
 
     check_known([name])
@@ -121,6 +127,8 @@ def load_from(name: str, model: str | Path | None, artifacts: str | Path | None,
     variant = load_variant(name, model, **options)
     if cpu_profile and name != REMOTE:  # a remote server sizes images with its own processor
         apply_max_pixels(variant.processor, max_pixels_for(getattr(variant, "device", "cpu")))
+    if prompt_cache is not None and getattr(variant, "supports_prompt_cache", False):
+        variant.prompt_cache = prompt_cache
     return variant
 
 

@@ -1,7 +1,15 @@
-"""The baseline variant: the checkpoint in transformers, generating with ``model.generate``."""
+"""The baseline variant: the checkpoint in transformers, generating with ``model.generate``.
+
+With a prompt cache (``prompt_cache.py``), ``generate`` starts from a ``DynamicCache`` holding a
+copy of the longest matching prefix's positions (transformers continues from a cache given
+the whole prompt), fed the prompt's embeddings with each image's features from the cache or
+the vision tower, and the whole prompt's M-RoPE positions.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import queue
 import threading
 from collections.abc import Iterator
@@ -10,16 +18,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from glm4v_edge import checkpoint
-from glm4v_edge.dims import context_length
+from glm4v_edge.dims import context_length, merge_size
 from glm4v_edge.runtime.generation import StopWhenSet, plan_generation
+from glm4v_edge.runtime.positions import rope_positions
+from glm4v_edge.runtime.prompt_cache import MediaItem, PromptCache, PromptReuse
 from glm4v_edge.runtime.variant import Sampling, TokenEvent
 from glm4v_edge.weights import load_bounded
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """What ``generate`` calls a given cache: ``cache`` from transformers 5.2x, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 class QueueStreamer(BaseStreamer):
@@ -28,12 +43,14 @@ class QueueStreamer(BaseStreamer):
     def __init__(self) -> None:
         self.queue: queue.Queue = queue.Queue()
         self.prompt_seen = False
+        self.generated: list[int] = []  # every new id, end-of-turn markers included
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate() first passes the prompt
             self.prompt_seen = True
             return
         for token_id in value.flatten().tolist():
+            self.generated.append(token_id)
             self.queue.put(token_id)
 
     def end(self) -> None:
@@ -73,6 +90,11 @@ class TorchVariant:
             self.model.config, self.processor.tokenizer, self.generation_config
         )
         self.cache, self.compiled = cache, compiled
+        self.prompt_cache: PromptCache | None = None  # set by the loader: reuse earlier prompts' cache
+        # torch's CPU matmul rounds a row by how the run's rows are split among kernels and threads:
+        # runs split at multiples of 16 mostly leave the whole run's cache bit for bit, not always
+        # (measured; the replies are the same in every test, prompt_cache.py)
+        self.prefill_tile = 16
         suffix = "-compiled" if compiled else f"-{cache}" if cache else ""
         self.name = name or f"torch-{DTYPE_NAMES.get(self.dtype, str(self.dtype))}{suffix}"
         first_linear = self.model.model.language_model.layers[0].mlp.gate_up_proj
@@ -85,6 +107,14 @@ class TorchVariant:
         folder = Path(self.source)
         weights = list(folder.glob("*.safetensors")) if folder.is_dir() else []
         self.artifact_bytes = sum(f.stat().st_size for f in weights) if weights else tensor_bytes(self.model)
+
+    @property
+    def supports_prompt_cache(self) -> bool:
+        return self.cache is None  # a static cache is sized and compiled for one generation
+
+    @property
+    def cache_owner(self) -> str:
+        return f"{self.name}@{id(self):x}"
 
     def generate(
         self,
@@ -100,7 +130,7 @@ class TorchVariant:
         if self.cache:
             plan.config.cache_implementation = self.cache
             plan.config.disable_compile = not self.compiled
-        inputs = self._on_device(plan.batch)
+        inputs = self._on_device(plan.batch) if plan.reuse is None else self._reusing_inputs(plan.batch, plan.reuse)
         streamer = QueueStreamer()
         halt = threading.Event()  # set when the consumer stops reading
 
@@ -114,6 +144,10 @@ class TorchVariant:
                         stopping_criteria=StoppingCriteriaList([StopWhenSet(stop, halt)]),
                         streamer=streamer,
                     )
+                if plan.reuse is not None:  # generate returned between two tokens: every position is whole
+                    cache = inputs[cache_keyword(self.model)]
+                    fed = streamer.generated[:cache.get_seq_length() - plan.prompt_length]
+                    plan.reuse.remember(fed, [t for layer in cache.layers for t in (layer.keys, layer.values)])
             except BaseException as error:  # re-raised in the consuming thread
                 streamer.queue.put(error)
                 streamer.queue.put(None)
@@ -133,6 +167,40 @@ class TorchVariant:
 
     def _on_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+
+    def _reusing_inputs(self, batch: dict[str, Any], reuse: PromptReuse) -> dict[str, Any]:
+        """``generate`` inputs that start from the cached prefix: a copy of its positions as the
+        cache, the embeddings of the rest (generate reads only those), the whole prompt's
+        positions (text row first, as transformers passes them) and no pixels."""
+        start, ids = reuse.reused, torch.as_tensor(batch["input_ids"])
+        types = batch.get("mm_token_type_ids")
+        with torch.inference_mode():
+            embeds = self.model.get_input_embeddings()(ids.to(self.device))
+            media = torch.as_tensor(types if types is not None else torch.zeros_like(ids)).to(self.device) != 0
+            media[:, :start] = False
+            if media.any():
+                pieces = reuse.media_rows(types, functools.partial(self._encode_item, batch))
+                embeds[media] = torch.cat(pieces).to(embeds.dtype)
+            prefix = reuse.entry.kv if start else []
+            cache = DynamicCache([(k[:, :, :start].clone(), v[:, :, :start].clone())
+                                  for k, v in zip(prefix[0::2], prefix[1::2])] or None)
+        numpy = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        positions, _ = rope_positions(numpy["input_ids"], numpy["attention_mask"], numpy.get("mm_token_type_ids"),
+                                      numpy.get("image_grid_thw"), numpy.get("video_grid_thw"), merge_size(self.config))
+        text = np.arange(ids.shape[1])[None, None]
+        inputs = {"input_ids": ids, "attention_mask": torch.as_tensor(batch["attention_mask"]), "inputs_embeds": embeds,
+                  "position_ids": torch.from_numpy(np.concatenate([text, positions]))}
+        return {**{key: value.to(self.device) for key, value in inputs.items()}, cache_keyword(self.model): cache}
+
+    def _encode_item(self, batch: dict[str, Any], item: MediaItem) -> torch.Tensor:
+        """One image's (or video's) merged features from the vision tower."""
+        pixels = torch.as_tensor(batch[item.source][item.patches]).to(self.device, self.dtype)
+        grid = torch.as_tensor(item.grid[None]).to(self.device)
+        encode = self.model.model.get_image_features if item.kind == "image" else self.model.model.get_video_features
+        with torch.inference_mode():
+            features = encode(pixels, grid)
+        features = getattr(features, "pooler_output", features)  # transformers' output, or the split features
+        return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
 
     def forward_logits(self, batch: dict[str, Any]) -> np.ndarray:
         inputs = self._on_device(batch)

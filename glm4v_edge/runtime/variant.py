@@ -47,6 +47,7 @@ class TokenEvent:
     elapsed_s: float  # since generate() was called; the first event's is the time to first token
     forced: bool = False  # inserted by the thinking budget, not chosen by the model
     prompt_tokens: int | None = None  # the prompt's length (None when a server did not say)
+    cached_tokens: int | None = None  # of those, how many came from the prompt cache (None: not known)
 
 
 @dataclass

@@ -108,6 +108,20 @@ def test_onnx_replies_are_the_same_with_the_cache(onnx_variants, dtype, name):
     assert_same_replies(onnx_variants[dtype], CONVERSATIONS[name])
 
 
+@pytest.mark.parametrize("which", ["torch", "onnx-q4"])
+def test_a_continued_assistant_message_is_the_same_with_the_cache(torch_variant, onnx_variants, which):
+    """``continue_final_message`` (serve's, vLLM's): the prompt ends inside the assistant's turn."""
+    variant = torch_variant if which == "torch" else onnx_variants["q4"]
+    continued = [*COUNT.messages(), {"role": "assistant", "content": "<think>I see"}]
+    expected = collect(with_cache(variant, None).generate(continued, max_new_tokens=MAX_NEW,
+                                                          continue_final_message=True)).token_ids
+    with_cache(variant, PromptCache(2**30))
+    collect(variant.generate(COUNT.messages(), max_new_tokens=MAX_NEW))
+    events = list(variant.generate(continued, max_new_tokens=MAX_NEW, continue_final_message=True))
+    with_cache(variant, None)
+    assert [event.token_id for event in events] == expected and events[0].cached_tokens > 0
+
+
 def test_a_follow_up_prefills_only_what_is_new(onnx_variants):
     cache = assert_same_replies(onnx_variants["fp32"], CONVERSATIONS["one image"])
     stats = cache.stats()

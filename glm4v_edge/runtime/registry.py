@@ -102,10 +102,16 @@ def check_measurable(names: list[str]) -> None:
             raise Glm4vEdgeError(f"{name} cannot be benchmarked: {VARIANTS[name].why_not}")
 
 
-def load_variant(name: str, model: str | Path | None = None, **options) -> Variant:
-    """Load variant ``name`` of ``model`` (hub id or folder; None: the embedded tiny model)."""
+def load_variant(name: str, model: str | Path | None = None, *, prompt_cache: PromptCache | None = None,
+                 **options) -> Variant:
+    """Load variant ``name`` of ``model`` (hub id or folder; None: the embedded tiny model).
+    ``prompt_cache``: later requests reuse earlier ones' key/value cache and image features, in
+    every variant that can (a local one with a dynamic cache); None: none kept."""
     check_known([name])
-    return VARIANTS[name].load(model, **options)
+    variant = VARIANTS[name].load(model, **options)
+    if prompt_cache is not None and getattr(variant, "supports_prompt_cache", False):
+        variant.prompt_cache = prompt_cache
+    return variant
 
 
 def load_from(name: str, model: str | Path | None, artifacts: str | Path | None, *,
@@ -114,8 +120,7 @@ def load_from(name: str, model: str | Path | None, artifacts: str | Path | None,
     """Load ``name`` from a build: the artifacts folder goes to the variants it holds, the
     remote variant gets the endpoint, the rest load ``model`` (the source checkpoint).
     ``cpu_profile``: on CPU, images are limited to the CPU profile's size (``cpu_profile.py``).
-    ``prompt_cache``: later requests reuse earlier ones' key/value cache and image features, in
-    every variant that can (a local one with a dynamic cache); None: none kept."""
+    ``prompt_cache``: as for ``load_variant``."""
     from glm4v_edge.runtime.cpu_profile import apply_max_pixels, max_pixels_for
 
     check_known([name])
@@ -124,11 +129,9 @@ def load_from(name: str, model: str | Path | None, artifacts: str | Path | None,
     if name == REMOTE:
         model = remote_model
         options["url"] = remote_url
-    variant = load_variant(name, model, **options)
+    variant = load_variant(name, model, prompt_cache=prompt_cache, **options)
     if cpu_profile and name != REMOTE:  # a remote server sizes images with its own processor
         apply_max_pixels(variant.processor, max_pixels_for(getattr(variant, "device", "cpu")))
-    if prompt_cache is not None and getattr(variant, "supports_prompt_cache", False):
-        variant.prompt_cache = prompt_cache
     return variant
 
 

@@ -27,6 +27,7 @@ from transformers import (
 from transformers import logging as transformers_logging
 
 from glm4v_edge.errors import Glm4vEdgeError, first_line
+from glm4v_edge.hub import hub_error
 
 HUB_ID = "zai-org/GLM-4.1V-9B-Thinking"
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -67,36 +68,19 @@ def check_hub_model(repo_id: str) -> None:
     line within ``HF_HUB_ETAG_TIMEOUT`` seconds (10 by default) instead of after the download
     client's retries. A checkpoint already in the local cache needs no request (offline use)."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return
     if constants.HF_HUB_OFFLINE:
         raise Glm4vEdgeError(f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                              "download it on a connected machine or pass a local folder with --model")
-    timeout = constants.HF_HUB_ETAG_TIMEOUT
     try:
-        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=timeout)
-    except GatedRepoError:
-        raise Glm4vEdgeError(f"'{repo_id}' is gated on the Hugging Face hub: accept its terms on its page, then "
-                             "log in (`hf auth login` or HF_TOKEN)") from None
-    except RepositoryNotFoundError:
-        raise Glm4vEdgeError(f"no model '{repo_id}' on the Hugging Face hub: check the id (a private repo also "
-                             "needs a token: HF_TOKEN)") from None
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except EntryNotFoundError:
         raise Glm4vEdgeError(f"'{repo_id}' has no config.json: not a transformers checkpoint") from None
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else "?"
-        if status in (401, 403):
-            raise Glm4vEdgeError(f"not authorised to read '{repo_id}' (HTTP {status}): set HF_TOKEN or run "
-                                 "`hf auth login`") from None
-        raise Glm4vEdgeError(f"the Hugging Face hub answered HTTP {status} for '{repo_id}'") from None
-    except Exception as error:  # the HTTP client's own connection and timeout errors
-        if any("Timeout" in kind.__name__ for kind in type(error).__mro__):
-            raise Glm4vEdgeError(f"the Hugging Face hub did not answer within {timeout:g} s for '{repo_id}' "
-                                 "(HF_HUB_ETAG_TIMEOUT sets the wait)") from None
-        raise Glm4vEdgeError(f"cannot reach the Hugging Face hub for '{repo_id}' ({first_line(error)}): offline? "
-                             "Pass a local folder with --model, or set HF_HUB_OFFLINE=1 to use the cache") from None
+    except Exception as error:  # huggingface_hub's own errors and the HTTP client's
+        raise hub_error(f"model '{repo_id}'", error) from None
 
 
 def load_config(model: str | Path | None = None):

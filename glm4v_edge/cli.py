@@ -46,7 +46,8 @@ ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Hub id (
 VariantOption = Annotated[str, typer.Option("--variant", help="Which variant to run (see `glm4v-edge variants`).")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... Default: cuda if available.")]
 ArtifactsOption = Annotated[Path | None, typer.Option(
-    "--artifacts", help="A folder made by `glm4v-edge build` / `export onnx` / `quantize gptq`, for its variants.")]
+    "--artifacts", help="A folder made by `glm4v-edge build` / `export onnx` / `quantize gptq`, for its variants, or "
+    "its hub repo, user/repo[@revision] (only the files the variant opens are downloaded).")]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads. Default: the runtime's.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
 HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")]
@@ -83,8 +84,9 @@ def chat(
     """Ask one question, with optional images or a video; streams thinking (dimmed) and the answer."""
     messages = [{"role": "system", "content": system}] if system else []
     sampling = Sampling(sample, temperature, top_k, top_p, repetition_penalty, seed)
-    chat_once(load_from(variant, model, artifacts, device=device, threads=threads),
-              [*messages, user_message(prompt, images=list(image or []), video=video)], sampling,
+    with progress_bars() as progress:  # a hub repo's files download first
+        loaded = load_from(variant, model, artifacts, device=device, threads=threads, progress=progress)
+    chat_once(loaded, [*messages, user_message(prompt, images=list(image or []), video=video)], sampling,
               max_new_tokens=max_new_tokens, thinking_budget=thinking_budget, hide_thinking=hide_thinking)
 
 
@@ -273,8 +275,9 @@ def serve(
 ) -> None:
     """An OpenAI-compatible /v1/chat/completions server (streaming SSE) on any variant."""
     from glm4v_edge.demo.serve import serve as run_server
-    loaded = load_from(variant, model, artifacts, device=device, threads=threads,
-                       prompt_cache=PromptCache.from_gb(prompt_cache_gb))
+    with progress_bars() as progress:
+        loaded = load_from(variant, model, artifacts, device=device, threads=threads,
+                           prompt_cache=PromptCache.from_gb(prompt_cache_gb), progress=progress)
     run_server(loaded, host=host, port=port, served_model=served_model_name, concurrency=concurrency)
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.files import atomic_write_text
 from glm4v_edge.model_card import CARD, write_model_card
+from glm4v_edge.names import MANIFEST_FILE
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 FORMAT_VERSION = 1
 
 def sha256(path: Path, chunk: int = 1 << 24) -> str:
@@ -73,8 +74,12 @@ def read_manifest(folder: Path) -> dict:
         raise Glm4vEdgeError(f"{path} is not valid JSON: {error}") from None
 
 
+_VERIFIED: set[tuple] = set()  # (real path, size, mtime, sha256) already hashed in this process
+
+
 def verify_file(folder: Path, manifest: dict, name: str) -> Path:
-    """``folder/name`` after checking its size and sha256 against the manifest."""
+    """``folder/name`` after checking its size and sha256 against the manifest (a file unchanged
+    since it was checked in this process is not hashed again)."""
     entry = manifest.get("files", {}).get(name)
     path = Path(folder) / name
     if entry is None:
@@ -84,6 +89,11 @@ def verify_file(folder: Path, manifest: dict, name: str) -> Path:
     size = path.stat().st_size
     if size != entry["bytes"]:
         raise Glm4vEdgeError(f"{path} is {size} bytes, the manifest says {entry['bytes']}: truncated or replaced")
+    stat = path.stat()
+    seen = (str(path.resolve()), size, stat.st_mtime_ns, entry["sha256"])
+    if seen in _VERIFIED:
+        return path
     if sha256(path) != entry["sha256"]:
         raise Glm4vEdgeError(f"{path} does not match its sha256 in {MANIFEST}: corrupted or replaced")
+    _VERIFIED.add(seen)
     return path

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from glm4v_edge.files import atomic_write_text
-from glm4v_edge.names import DTYPE_SUFFIX, GRAPHS, external_data_files, graph_file
+from glm4v_edge.names import DTYPE_SUFFIX, GRAPHS, MANIFEST_FILE, external_data_files, files_for, graph_file
 
 CARD = "README.md"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -42,6 +42,7 @@ def model_card(folder: Path, manifest: dict) -> str:
     lines += files_section(manifest, dtypes, variants)
     lines += parity_section(manifest, variants)
     lines += usage_section(dtypes, variants, config)
+    lines += space_section(manifest, dtypes, variants)
     lines += made_by_section(manifest, variants)
     return "\n".join(lines) + "\n"
 
@@ -107,11 +108,12 @@ def _parity_rows_for(parity: dict) -> list[str]:
 def usage_section(dtypes: list[str], variants: dict, config: dict) -> list[str]:
     chosen = f"onnx-{'q4' if 'q4' in dtypes else dtypes[0]}" if dtypes else next(iter(variants), "torch")
     lines = ["## Use it", "", "With glm4v-edge (streaming, thinking split from the answer, images and video, a "
-             "thinking budget, a web chat):", "", "```bash",
+             "thinking budget, a web chat), by this repository's id (REPO_ID below): only the files of the variant "
+             "you run are downloaded, each checked against `manifest.json`.", "", "```bash",
              'pip install "glm4v-edge[all]"',
-             "hf download REPO_ID --local-dir glm41v-edge  # this repository",
-             f'glm4v-edge chat "What is in this picture?" --image photo.jpg --variant {chosen} --artifacts glm41v-edge',
-             "glm4v-edge demo --artifacts glm41v-edge",
+             f'glm4v-edge chat "What is in this picture?" --image photo.jpg --variant {chosen} --artifacts REPO_ID',
+             "glm4v-edge demo --artifacts REPO_ID       # each variant's files download when it is first chosen",
+             f"glm4v-edge serve --variant {chosen} --artifacts REPO_ID@COMMIT   # pinned to one revision",
              "```", ""]
     if variants:
         name, entry = next(iter(variants.items()))
@@ -146,6 +148,19 @@ def onnxruntime_section(dtypes: list[str], config: dict) -> list[str]:
               "One vision call per image or video frame pair. glm4v-edge's `OnnxVariant` "
               "(`glm4v_edge/runtime/onnx_variant.py`) is a complete host loop to copy.", ""]
     return lines
+
+
+def space_section(manifest: dict, dtypes: list[str], variants: dict) -> list[str]:
+    """A Hugging Face Space that serves this repository: the app in the Space, the weights here."""
+    chosen = f"onnx-{'q4' if 'q4' in dtypes else dtypes[0]}" if dtypes else next(iter(variants), None)
+    if chosen is None:
+        return []
+    files = ",".join([MANIFEST_FILE, *files_for(manifest, chosen)])
+    return ["## On a Hugging Face Space", "",
+            "Keep the weights here and the app in the Space (the glm4v-edge repository as it stands). In the "
+            f"Space's settings set `GLM4V_EDGE_ARTIFACTS=REPO_ID` and `GLM4V_EDGE_VARIANT={chosen}`; to have the "
+            f"files in place when the Space starts, add to its README front matter (only {chosen}'s files):", "",
+            "```yaml", "preload_from_hub:", f"  - REPO_ID {files}", "```", ""]
 
 
 def made_by_section(manifest: dict, variants: dict) -> list[str]:

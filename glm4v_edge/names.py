@@ -5,6 +5,7 @@ Plain constants and string helpers only (no torch, no onnxruntime), so anything 
 
 from __future__ import annotations
 
+MANIFEST_FILE = "manifest.json"  # every build's record of its files (glm4v_edge.manifest)
 # ONNX file names follow transformers.js / onnx-community: onnx/<graph><suffix>.onnx
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 DTYPE_SUFFIX = {"fp32": "", "fp16": "_fp16", "q4": "_q4", "q4f16": "_q4f16", "int8": "_int8"}
@@ -60,3 +61,21 @@ def onnx_variant(dtype: str) -> str:
 
 def quantized_variant(method: str, bits: int) -> str:
     return f"{method}-int{bits}"
+
+
+def files_for(manifest: dict, variant: str, vision_dtype: str | None = None) -> list[str]:
+    """The files variant ``variant`` opens from a build, as its manifest lists them: an ONNX
+    precision's three graphs (the vision encoder's in ``vision_dtype`` when given) with their
+    external data and the folder's config, tokenizer, processor and chat template; a GPTQ
+    checkpoint's subfolder (a whole transformers checkpoint); nothing for the rest."""
+    files = manifest.get("files", {})
+    if variant.startswith("onnx-"):
+        dtype = variant.removeprefix("onnx-")
+        shared = [name for name in files if "/" not in name]
+        graphs = [graph_file(graph, vision_dtype if graph == "vision_encoder" and vision_dtype else dtype)
+                  for graph in GRAPHS]
+        return shared + [name for graph in graphs for name in (graph, *external_data_files(graph)) if name in files]
+    entry = manifest.get("variants", {}).get(variant)
+    if entry is None:
+        return []
+    return [name for name in files if name.startswith(entry["folder"] + "/")]

@@ -38,3 +38,28 @@ class Silent:
 
 
 SILENT = Silent()
+
+
+class LatestLine:
+    """A ``Progress`` that keeps one line saying where the work is (the demo shows it while a
+    variant downloads and loads)."""
+
+    def __init__(self) -> None:
+        self.label, self.status, self.bytes, self.total, self.done = "", "", "", 0, 0
+
+    @property
+    def line(self) -> str:
+        count = f": {self.done}/{self.total}" if self.total else ""
+        return " · ".join(part for part in (self.label + count, self.status, self.bytes) if part)
+
+    def start(self, label: str, total: int) -> None:
+        self.label, self.total, self.done, self.status, self.bytes = label, total, 0, "", ""
+
+    def step(self, status: str) -> None:
+        self.done, self.status, self.bytes = self.done + 1, status, ""
+
+    def written(self, done: int, total: int) -> None:
+        self.bytes = f"{done / 1e6:.0f} of {total / 1e6:.0f} MB"
+
+    def warn(self, message: str) -> None:
+        self.status = message

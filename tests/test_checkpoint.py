@@ -121,7 +121,7 @@ def hub(monkeypatch):
 @pytest.mark.parametrize("repo, fragment", [
     ("org/missing", "no model 'org/missing' on the Hugging Face hub"),
     ("org/gated", "is gated"),
-    ("org/forbidden", "not authorised to read 'org/forbidden' (HTTP 403)"),
+    ("org/forbidden", "not authorised to read model 'org/forbidden' (HTTP 403)"),
     ("org/slow", "did not answer within 1 s"),
 ])
 def test_each_hub_failure_has_its_own_one_line_error(hub, repo, fragment):

@@ -12,6 +12,7 @@ LAYERS = [
     ["names", "dims", "progress", "files", "thinking", "machine"],  # shared names and helpers
     ["messages", "provenance", "model_card"],
     ["manifest"],
+    ["hub"],  # artifacts from the Hugging Face hub
     ["media", "checkpoint", "weights"],
     ["shapes", "openai_format", "local_datasets"],  # the shapes task lives here, not in tiny/
     ["runtime"],

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from glm4v_edge import checkpoint
+from glm4v_edge.names import files_for
 from glm4v_edge.tiny import build
 from glm4v_edge.tiny.random_checkpoint import write_random_checkpoint
 from tests.conftest import assert_one_line_error, run_cli
@@ -63,6 +64,10 @@ def test_model_card_is_written_from_the_manifest(artifacts):
     assert manifest["export"]["command"] in card and manifest["variants"]["gptq-int4"]["command"] in card
     assert "past_key_values.{0..3}.key/value` (batch, 2, past, 32)" in card  # the tiny model's cache shape
     assert "README.md" not in manifest["files"]  # the card is a view of the manifest, not an artifact
+    # The Space recipe preloads exactly the files onnx-q4 opens.
+    preload = card.split("preload_from_hub:\n  - REPO_ID ")[1].split("\n")[0].split(",")
+    assert sorted(preload) == sorted(["manifest.json", *files_for(manifest, "onnx-q4")])
+    assert "--artifacts REPO_ID" in card and "GLM4V_EDGE_ARTIFACTS=REPO_ID" in card
 
 
 @pytest.mark.slow  # ~30 s: a second export (CI runs it)

@@ -58,6 +58,7 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
     from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs, default_threads
     from glm4v_edge.bench.report import build_record, write_report
     from glm4v_edge.bench.runner import Job, run_benchmark
+    from glm4v_edge.hub import pinned
     from glm4v_edge.machine import describe_machine
 
     plan = plan_bench(settings)
@@ -82,7 +83,8 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
     results.update({name: {"status": "not run", "name": name, "error": reason}
                     for name, reason in plan.not_run.items()})
     recorded = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()}
-    recorded.update(model=settings.model or "embedded tiny model", device=plan.device,
+    recorded.update(model=settings.model or "embedded tiny model", artifacts=pinned(settings.artifacts),
+                    device=plan.device,
                     task_questions=plan.task_questions, isolation="each variant in its own spawned process")
     machine = {**describe_machine(), "copy_bandwidth_threads": copy_threads}
     record = build_record(settings.name or Path(settings.artifacts).name, recorded, machine, bandwidth, results,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from glm4v_edge.hub import hub_reference
 from glm4v_edge.runtime.prompt_cache import DEFAULT_PROMPT_CACHE_GB
 
 PROMPT_SET_NAMES = ("standard", "quick", "gpu", "cpu", "none")  # see bench.latency.PROMPT_SETS; none: accuracy only
@@ -30,7 +31,11 @@ class BenchSettings:
 
     @property
     def results_folder(self) -> Path:
-        return self.out if self.out is not None else self.artifacts / "bench"
+        """``out``, else beside the build: ``<artifacts>/bench``, or ``artifacts/<repo>/bench`` for a hub repo."""
+        if self.out is not None:
+            return self.out
+        source = hub_reference(self.artifacts)
+        return Path("artifacts") / source.repo.split("/")[1] / "bench" if source else self.artifacts / "bench"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.machine import resident_bytes
 from glm4v_edge.names import REMOTE
+from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.runtime.prompt_cache import PromptCache
 from glm4v_edge.runtime.registry import built_variants, load_from, missing_packages
 from glm4v_edge.runtime.variant import MeasurableVariant, Variant
@@ -74,8 +75,9 @@ class VariantCatalog:
             return self.settings.variant
         return PREFERRED_DEFAULT if PREFERRED_DEFAULT in names else names[0]
 
-    def load(self, name: str) -> Loaded:
-        """The loaded variant ``name`` (loading it at most once, however many sessions ask)."""
+    def load(self, name: str, progress: Progress = SILENT) -> Loaded:
+        """The loaded variant ``name`` (loading it at most once, however many sessions ask; a hub
+        build's files for it are downloaded then, reported to ``progress``)."""
         if name not in self.available:
             raise Glm4vEdgeError(f"unknown variant {name!r}; choose one of: {', '.join(self.available)}")
         with self.load_lock:  # one load at a time: each one's resident memory is measured alone
@@ -86,7 +88,7 @@ class VariantCatalog:
             started, before = time.perf_counter(), resident_bytes() or 0
             variant = load_from(name, self.settings.model, self.settings.artifacts, remote_url=self.settings.remote_url,
                                 remote_model=self.settings.remote_model, device=self.settings.device,
-                                threads=self.settings.threads, prompt_cache=self.prompt_cache)
+                                threads=self.settings.threads, prompt_cache=self.prompt_cache, progress=progress)
             # What loading added to this process (libraries included), at least what it maps from disk.
             added = max(0, (resident_bytes() or 0) - before)
             entry = Loaded(variant, time.perf_counter() - started,

@@ -15,12 +15,14 @@ from glm4v_edge.demo.settings import DemoSettings
 from glm4v_edge.demo.uploads import ACCEPTED_SUFFIXES, UserTurn, read_user_turn
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.messages import answer_message
+from glm4v_edge.progress import LatestLine
 from glm4v_edge.runtime.variant import MeasurableVariant, Sampling
 
 TITLE = "GLM-4.1V-Thinking · glm4v-edge"
 # At most ~20 chat updates a second: per-token updates would make Gradio's diffing, not the
 # model, the bottleneck for fast variants (and the tokens/s shown would measure the UI).
 UPDATE_INTERVAL_S = 0.05
+STATUS_INTERVAL_S = 0.5  # how often the status line under the picker changes while a variant loads
 CSS = """
 #chat mark { background: #fde68a; color: #1f2937; padding: 0 .25em; border-radius: .25em; font-weight: 600; }
 #chat sub { opacity: .65; }
@@ -121,11 +123,25 @@ def build_demo(settings: DemoSettings, catalog: VariantCatalog | None = None) ->
         yield [*chat, *view.messages()], [*conversation, user, answer], gr.MultimodalTextbox(value=None,
                                                                                             interactive=True)
 
-    def select_variant(name: str) -> str:
-        try:
-            return describe(catalog.load(name))
-        except Glm4vEdgeError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+    def select_variant(name: str):
+        """Load the chosen variant (a hub build's files download now), saying how far it got."""
+        status, outcome = LatestLine(), {}
+
+        def load() -> None:
+            try:
+                outcome["entry"] = catalog.load(name, status)
+            except Glm4vEdgeError as error:
+                outcome["error"] = error
+
+        worker = threading.Thread(target=load, name=f"load-{name}", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(STATUS_INTERVAL_S)
+            if worker.is_alive():
+                yield f"loading **{name}**…" + (f" {status.line}" if status.line else "")
+        if "error" in outcome:
+            raise gr.Error(str(outcome["error"]), print_exception=False)
+        yield describe(outcome["entry"])
 
     def stop_generation(request: gr.Request) -> None:
         stops.stop(request.session_hash)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.hub import artifacts_folder, artifacts_manifest, pinned
 from glm4v_edge.manifest import read_manifest, verify_file
 from glm4v_edge.names import (
     GPTQ_BITS,
@@ -28,6 +29,7 @@ from glm4v_edge.names import (
     quantized_variant,
     torch_variant,
 )
+from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.runtime.variant import Variant
 
 if TYPE_CHECKING:
@@ -116,28 +118,32 @@ def load_variant(name: str, model: str | Path | None = None, *, prompt_cache: Pr
 
 def load_from(name: str, model: str | Path | None, artifacts: str | Path | None, *,
               remote_url: str | None = None, remote_model: str | None = None, cpu_profile: bool = True,
-              prompt_cache: PromptCache | None = None, **options) -> Variant:
-    """Load ``name`` from a build: the artifacts folder goes to the variants it holds, the
-    remote variant gets the endpoint, the rest load ``model`` (the source checkpoint).
+              prompt_cache: PromptCache | None = None, progress: Progress = SILENT, **options) -> Variant:
+    """Load ``name`` from a build: the artifacts (a folder, or ``user/repo[@revision]`` on the
+    hub, of which only the files this variant opens are fetched) go to the variants they hold,
+    the remote variant gets the endpoint, the rest load ``model`` (the source checkpoint).
     ``cpu_profile``: on CPU, images are limited to the CPU profile's size (``cpu_profile.py``).
     ``prompt_cache``: as for ``load_variant``."""
     from glm4v_edge.runtime.cpu_profile import apply_max_pixels, max_pixels_for
 
     check_known([name])
-    if artifacts is not None and VARIANTS[name].from_build and name in built_variants(artifacts):
-        options["artifacts"] = artifacts
+    from_artifacts = artifacts is not None and VARIANTS[name].from_build and name in built_variants(artifacts)
+    if from_artifacts:
+        options["artifacts"] = artifacts_folder(artifacts, [name], options.get("vision_dtype"), progress)
     if name == REMOTE:
         model = remote_model
         options["url"] = remote_url
     variant = load_variant(name, model, prompt_cache=prompt_cache, **options)
     if cpu_profile and name != REMOTE:  # a remote server sizes images with its own processor
         apply_max_pixels(variant.processor, max_pixels_for(getattr(variant, "device", "cpu")))
+    if from_artifacts and hasattr(variant, "details"):
+        variant.details["artifacts"] = pinned(artifacts)  # a hub repo's commit, as read
     return variant
 
 
 def built_variants(artifacts: str | Path) -> list[str]:
-    """The variant names an artifacts folder holds, from its manifest (ONNX precisions, then GPTQ)."""
-    manifest = read_manifest(Path(artifacts))
+    """The variant names a build holds, from its manifest (ONNX precisions, then GPTQ)."""
+    manifest = artifacts_manifest(artifacts)
     return [*(onnx_variant(dtype) for dtype in manifest.get("dtypes", [])), *manifest.get("variants", {})]
 
 

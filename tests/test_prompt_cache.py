@@ -255,8 +255,10 @@ def test_entries_hold_the_graphs_own_dtype(onnx_variants):
         with_cache(onnx_variants[dtype], None)
         (entry,) = [item for item in cache.items.values() if hasattr(item, "kv")]
         assert {part.dtype for part in entry.kv} == {np.dtype(expected)}
-        # The prompt plus the tokens fed back: the cache holds exactly the positions its keys name.
-        assert {part.shape[2] for part in entry.kv} == {len(entry.keys)}
+        # The prompt's whole prefill tiles: the cache holds exactly the positions its keys name.
+        prompt = len(build_batch(onnx_variants[dtype].processor, [COUNT.messages()])["input_ids"][0])
+        tile = onnx_variants[dtype].prefill_tile
+        assert {part.shape[2] for part in entry.kv} == {len(entry.keys)} == {prompt // tile * tile}
 
 
 def test_the_budget_holds_and_the_least_recently_used_goes_first(onnx_variants):

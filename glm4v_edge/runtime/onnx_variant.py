@@ -154,11 +154,10 @@ class DecodeState:
     shared_cache: bool = False  # ``past`` is preallocated and updated in place (else replaced each step)
     host: list[np.ndarray] | None = None  # the CPU memory behind a shared ``past``: kept alive with it
 
-    def kv(self) -> list[np.ndarray]:
-        """A compact copy of the positions written so far, per past name (for the prompt cache)."""
-        length = self.attention_mask.shape[1]
+    def kv(self, positions: int) -> list[np.ndarray]:
+        """A compact copy of the first ``positions`` written, per past name (for the prompt cache)."""
         arrays = self.host if self.shared_cache and self.host is not None else [value.numpy() for value in self.past]
-        return [np.ascontiguousarray(array[:, :, :length]) for array in arrays]
+        return [array[:, :, :positions].copy() for array in arrays]
 
 
 class OnnxVariant:
@@ -342,9 +341,9 @@ class OnnxVariant:
         try:
             yield from tokens
         except GeneratorExit:
-            plan.reuse.remember(state.input_ids[0, plan.prompt_length:].tolist(), state.kv())
+            plan.reuse.remember(state.kv)
             raise
-        plan.reuse.remember(state.input_ids[0, plan.prompt_length:].tolist(), state.kv())
+        plan.reuse.remember(state.kv)
 
     def _decode(self, plan: GenerationPlan, logits: np.ndarray, state: DecodeState,
                 stop: threading.Event | None) -> Iterator[TokenEvent]:

@@ -18,9 +18,12 @@ rows lie in its whole tiles; None: no row is independent of the run, as with int
 activation scale, and only features are reused). An entry records how many leading positions meet
 that (``exact``); a match is cut to it, to a multiple of the tile, and to leave a tile to prefill.
 
-Entries never change once stored: a generation copies the prefix it reuses (two users asking
-about one image never write the same memory) and adds its own entry only when it ended between
-two tokens (done, stopped, abandoned), never after an error. Everything stored counts against
+An entry is what a finished generation leaves of its cache that a later prompt can reuse: its
+prompt's exact positions (the reply's were computed a row at a time, and the history a
+conversation sends back holds only the answer anyway). Entries never change once stored: a
+generation copies the prefix it reuses (two users asking about one image never write the same
+memory) and adds its own entry only when it ended between two tokens (done, stopped, abandoned),
+never after an error. Everything stored counts against
 one byte budget; the least recently used goes first.
 """
 
@@ -253,12 +256,14 @@ class PromptReuse:
             start += item.rows
         return pieces
 
-    def remember(self, generated: list[int], kv: Any) -> None:
-        """Store this generation: the prompt plus the ``generated`` tokens its ``kv`` holds. The
-        prompt's rest ran as one run from ``reused`` (a multiple of the tile): its whole tiles are
-        exact; the generated tokens ran one row at a time and are not."""
+    def remember(self, kv_of: Callable[[int], list]) -> None:
+        """Store what of this generation a later prompt can reuse: ``kv_of(n)`` gives a copy of the
+        first n positions of its cache. The prompt's rest ran as one run from ``reused`` (a multiple
+        of the tile), so its whole tiles are exact; the reply's tokens ran one row at a time and
+        are not (nor would a history that holds only the answer match them), so they are not kept."""
         if self.tile is None:
             return
-        keys = np.concatenate([self.keys, np.asarray(generated, dtype=np.int64)])
         exact = self.reused + (len(self.keys) - self.reused) // self.tile * self.tile
-        self.cache.add_entry(self.owner, keys, kv, sum(int(part.nbytes) for part in kv), exact)
+        if exact:
+            kv = kv_of(exact)
+            self.cache.add_entry(self.owner, self.keys[:exact], kv, sum(int(part.nbytes) for part in kv))

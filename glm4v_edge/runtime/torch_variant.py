@@ -43,14 +43,12 @@ class QueueStreamer(BaseStreamer):
     def __init__(self) -> None:
         self.queue: queue.Queue = queue.Queue()
         self.prompt_seen = False
-        self.generated: list[int] = []  # every new id, end-of-turn markers included
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate() first passes the prompt
             self.prompt_seen = True
             return
         for token_id in value.flatten().tolist():
-            self.generated.append(token_id)
             self.queue.put(token_id)
 
     def end(self) -> None:
@@ -145,9 +143,9 @@ class TorchVariant:
                         streamer=streamer,
                     )
                 if plan.reuse is not None:  # generate returned between two tokens: every position is whole
-                    cache = inputs[cache_keyword(self.model)]
-                    fed = streamer.generated[:cache.get_seq_length() - plan.prompt_length]
-                    plan.reuse.remember(fed, [t for layer in cache.layers for t in (layer.keys, layer.values)])
+                    layers = inputs[cache_keyword(self.model)].layers
+                    plan.reuse.remember(lambda positions: [tensor[:, :, :positions].clone() for layer in layers
+                                                           for tensor in (layer.keys, layer.values)])
             except BaseException as error:  # re-raised in the consuming thread
                 streamer.queue.put(error)
                 streamer.queue.put(None)

@@ -104,12 +104,17 @@ def export_onnx(
     block_size: Annotated[int, typer.Option(min=16, help="q4: weights per block.")] = Q4Settings.block_size,
     accuracy_level: Annotated[int, typer.Option(min=0, max=4, help="q4: MatMulNBits compute precision (4: int8 "
                                                 "activations, fastest on CPU).")] = Q4Settings.accuracy_level,
+    q4_method: Annotated[str, typer.Option(help="q4: rtn (round to nearest), hqq (data-free, optimised scales) or "
+                                           "gptq (the decoder's linears from --gptq).")] = Q4Settings.method,
+    gptq: Annotated[Path | None, typer.Option(help="q4: a `glm4v-edge quantize gptq` checkpoint (4-bit, no "
+                                              "act-order) whose weights the q4 graphs carry.")] = None,
     parity: Annotated[bool, typer.Option(help="Measure each precision against the source.")] = ExportSettings.parity,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Vision encoder, token embedding and KV-cache decoder as ONNX, written one tensor at a time."""
     from glm4v_edge.export.onnx_export import export_onnx as run_export
-    settings = ExportSettings(parse_dtypes(dtypes), Q4Settings(block_size, accuracy_level), parity)
+    settings = ExportSettings(parse_dtypes(dtypes), Q4Settings(block_size, accuracy_level, method=q4_method,
+                                                               gptq=str(gptq) if gptq else None), parity)
     check_output_folder(out, overwrite)
     with progress_bars() as progress:
         manifest = run_export(model, out, settings, overwrite=overwrite, progress=progress)

@@ -71,8 +71,11 @@ def files_section(manifest: dict, dtypes: list[str], variants: dict) -> list[str
     for name, entry in variants.items():
         names = [file for file in manifest.get("files", {}) if file.startswith(entry["folder"] + "/")]
         lines.append(f"| {name} | `{entry['folder']}/` (a transformers checkpoint) | {_size(manifest, names):.1f} |")
-    return [*lines, "", "Config, generation config, tokenizer, chat template and processor files are beside "
-            "them (the source checkpoint's own).", ""]
+    lines += ["", "Config, generation config, tokenizer, chat template and processor files are beside "
+              "them (the source checkpoint's own).", ""]
+    if manifest.get("weights"):  # how each precision's weights were made
+        lines += [f"- onnx-{dtype}: {how}" for dtype, how in manifest["weights"].items()] + [""]
+    return lines
 
 
 def _parity_rows(label: str, results: dict) -> list[str]:

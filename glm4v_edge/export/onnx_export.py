@@ -88,8 +88,24 @@ def export_command(model: str | None, out: Path, settings: ExportSettings) -> st
     """The command line that makes this folder again (for the manifest and the model card)."""
     parts = ["glm4v-edge export onnx", *([f"--model {model}"] if model else []), f"--out {out.name}",
              f"--dtypes {','.join(settings.dtypes)}", f"--block-size {settings.q4.block_size}",
-             f"--accuracy-level {settings.q4.accuracy_level}", "--parity" if settings.parity else "--no-parity"]
+             f"--accuracy-level {settings.q4.accuracy_level}", f"--q4-method {settings.q4.method}",
+             *([f"--gptq {settings.q4.gptq}"] if settings.q4.gptq else []),
+             "--parity" if settings.parity else "--no-parity"]
     return " ".join(parts)
+
+
+def weights_record(settings: ExportSettings) -> dict[str, str]:
+    """Where each precision's weights came from, for the manifest and the model card."""
+    q4 = settings.q4
+    rounded = f"round-to-nearest, blocks of {q4.block_size}"
+    int4 = {"rtn": rounded,
+            "hqq": f"HQQ (onnxruntime's, data-free), blocks of {q4.block_size}; the embeddings {rounded}",
+            "gptq": f"the decoder's linears from the GPTQ checkpoint {Path(q4.gptq or '').name} (its groups); "
+                    f"the vision tower, embeddings and lm_head {rounded}"}[q4.method]
+    described = {"fp32": "the source checkpoint's", "fp16": "the source checkpoint's, cast to fp16",
+                 "int8": "dynamic int8 (per channel) of the source checkpoint's", "q4": f"int4: {int4}",
+                 "q4f16": f"int4: {int4}; fp16 activations"}
+    return {dtype: described[dtype] for dtype in settings.dtypes}
 
 
 def export_onnx(
@@ -99,6 +115,7 @@ def export_onnx(
     """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest."""
     started = time.perf_counter()
     check_torch_version()
+    settings.q4.check()
     source = checkpoint.resolve_model(model)
     config = checkpoint.load_config(source)
     reader = CheckpointReader(checkpoint.local_checkpoint(source))  # every shard checked before any work
@@ -116,6 +133,7 @@ def export_onnx(
             "source": source_record(source, config),
             **layout,
             "q4": asdict(settings.q4),
+            "weights": weights_record(settings),
             "parity": record,
             "export": {"command": export_command(None if model is None else str(model), out, settings),
                        "parameters": parameters, "seconds": round(time.perf_counter() - started, 1),

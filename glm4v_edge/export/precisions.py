@@ -11,14 +11,18 @@ from __future__ import annotations
 import importlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import onnx
 
 from glm4v_edge.export.settings import Q4Settings
+
+if TYPE_CHECKING:
+    from glm4v_edge.export.gptq_weights import NBitsWeight
 
 # Kept in fp32 inside fp16 graphs: reductions and exponentials whose intermediate values
 # leave fp16's range (RMSNorm's mean of squares, softmax), the position-embedding resampler, and
@@ -159,11 +163,65 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def to_q4(model: onnx.ModelProto, settings: Q4Settings) -> onnx.ModelProto:
-    quantizer = int4_quantizer().MatMulNBitsQuantizer(
-        gemm_to_matmul(model), bits=4, block_size=settings.block_size, is_symmetric=settings.symmetric,
+# A MatMul weight initializer -> the int4 weights to give it instead of quantizing it here (None:
+# quantize it): how GPTQ's calibrated weights reach the graph (export.gptq_weights).
+WeightSource = Callable[[onnx.TensorProto], "NBitsWeight | None"]
+
+
+def to_q4(model: onnx.ModelProto, settings: Q4Settings, weights: WeightSource | None = None) -> onnx.ModelProto:
+    """Every MatMul and Gather weight in int4 (MatMulNBits, GatherBlockQuantized): round-to-nearest
+    (``settings.method`` rtn), HQQ's data-free optimised scales and zero points (hqq; the Gathers
+    round to nearest, HQQ has no Gather), and ``weights``' own where it has them."""
+    module = int4_quantizer()
+    model = gemm_to_matmul(model)
+    if settings.method == "hqq":
+        hqq = module.HQQWeightOnlyQuantConfig(block_size=settings.block_size, bits=4, op_types_to_quantize=("MatMul",))
+        model = _quantized(module.MatMulNBitsQuantizer(model, algo_config=hqq))
+        for node in model.graph.node:  # HQQ's nodes leave the compute precision unset (fp32 activations)
+            if node.op_type == "MatMulNBits" and settings.accuracy_level:
+                node.attribute.append(onnx.helper.make_attribute("accuracy_level", settings.accuracy_level))
+    quantizer = module.MatMulNBitsQuantizer(
+        model, bits=4, block_size=settings.block_size, is_symmetric=settings.symmetric,
         accuracy_level=settings.accuracy_level, op_types_to_quantize=("MatMul", "Gather"),
     )
+    if weights is not None:
+        quantizer.node_quantizer = given_weights_quantizer()(quantizer.algo_config, weights)
+    return _quantized(quantizer)
+
+
+def _quantized(quantizer) -> onnx.ModelProto:
     with quiet_converters():
         quantizer.process()
     return quantizer.model.model
+
+
+@cache
+def given_weights_quantizer() -> type:
+    """onnxruntime's int4 quantizer, except that a MatMul whose weight the source gives int4 tensors
+    for gets those (at their block size), built into the same MatMulNBits node."""
+    module = int4_quantizer()
+
+    class GivenWeightsQuantizer(module.DefaultWeightOnlyQuantizer):
+        def __init__(self, config, weights: WeightSource):
+            super().__init__(config)
+            self.weights, self.given = weights, None
+
+        def quantize_matmul(self, node, graph_stack):
+            tensor, _ = module.get_initializer(node.input[1], graph_stack)
+            self.given = self.weights(tensor) if tensor is not None else None
+            if self.given is None:
+                return super().quantize_matmul(node, graph_stack)
+            kept = self.config.block_size, self.config.is_symmetric
+            self.config.block_size, self.config.is_symmetric = self.given.block_size, self.given.zero_points is None
+            try:
+                return super().quantize_matmul(node, graph_stack)
+            finally:
+                self.config.block_size, self.config.is_symmetric = kept
+                self.given = None
+
+        def qbits_block_quant(self, fp32weight):
+            if self.given is None:
+                return super().qbits_block_quant(fp32weight)
+            return self.given.packed, self.given.scales.astype(fp32weight.dtype), self.given.zero_points
+
+    return GivenWeightsQuantizer

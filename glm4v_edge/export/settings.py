@@ -22,6 +22,21 @@ class Q4Settings:
     block_size: int = 256
     accuracy_level: int = 4
     symmetric: bool = True
+    # How the int4 weights are chosen: rtn (round to nearest), hqq (HQQ's data-free optimised
+    # scales and zero points), or gptq (the decoder's linears from the GPTQ checkpoint ``gptq``,
+    # at its group size; everything else round to nearest).
+    method: str = "rtn"
+    gptq: str | None = None
+
+    def check(self) -> None:
+        if self.method not in Q4_METHODS:
+            raise Glm4vEdgeError(f"unknown q4 method {self.method!r}; choose {', '.join(Q4_METHODS)}")
+        if (self.method == "gptq") != (self.gptq is not None):
+            raise Glm4vEdgeError("--q4-method gptq takes its weights from --gptq FOLDER (a `glm4v-edge quantize "
+                                 "gptq` checkpoint), and --gptq goes with --q4-method gptq")
+
+
+Q4_METHODS = ("rtn", "hqq", "gptq")
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,16 @@ from torch.onnx._internal._lazy_import import onnxscript_apis  # the optimiser t
 from transformers import AutoConfig, Glm4vForConditionalGeneration
 
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.export.gptq_weights import GptqCheckpoint, NBitsWeight
 from glm4v_edge.export.graphs import SPECS
-from glm4v_edge.export.precisions import int8_options, quiet_converters, to_fp16, to_q4, without_value_info
+from glm4v_edge.export.precisions import (
+    WeightSource,
+    int8_options,
+    quiet_converters,
+    to_fp16,
+    to_q4,
+    without_value_info,
+)
 from glm4v_edge.export.settings import Q4Settings
 from glm4v_edge.export.virtual_tensors import TensorStore, set_external, virtual_tensors
 from glm4v_edge.names import GRAPHS, external_data_files, graph_file
@@ -205,8 +213,19 @@ def skeleton(model: ir.Model, store: TensorStore) -> onnx.ModelProto:
             model.graph.initializers[name].const_value = tensor
 
 
+def gptq_source(gptq: GptqCheckpoint, store: TensorStore) -> WeightSource:
+    """MatMul weights read from the source checkpoint -> the GPTQ checkpoint's int4 tensors of the
+    same linear (the decoder's; the rest have none and are quantized as before)."""
+    def weights(tensor: onnx.TensorProto) -> NBitsWeight | None:
+        recipe = store.recipe(tensor)
+        if recipe is None or recipe.perm != (1, 0) or not gptq.has(recipe.key):
+            return None
+        return gptq.nbits(recipe.key, recipe.shape)
+    return weights
+
+
 def convert(skeleton_proto: onnx.ModelProto, dtype: str, q4: Q4Settings, store: TensorStore,
-            destination: Path) -> onnx.ModelProto:
+            destination: Path, gptq: GptqCheckpoint | None = None) -> onnx.ModelProto:
     """``precisions.convert`` on the skeleton: the same converters, reading weights through the store."""
     model = onnx.ModelProto()
     model.CopyFrom(skeleton_proto)
@@ -216,7 +235,7 @@ def convert(skeleton_proto: onnx.ModelProto, dtype: str, q4: Q4Settings, store: 
         if dtype in ("fp16", "q4f16"):
             model = to_fp16(model)
         if dtype in ("q4", "q4f16"):
-            model = to_q4(model, q4)
+            model = to_q4(model, q4, gptq_source(gptq, store) if gptq is not None else None)
     return model
 
 
@@ -305,6 +324,7 @@ def export_graphs(reader: CheckpointReader, out_dir: str | Path, dtypes: tuple[s
     buffers = computed_buffers(config)
     (out_dir / "onnx").mkdir(parents=True, exist_ok=True)
     store = TensorStore(out_dir / "onnx" / ".streaming-scratch", spill_threshold, block_bytes)
+    gptq = GptqCheckpoint(q4.gptq) if q4.method == "gptq" and {"q4", "q4f16"} & set(dtypes) else None
     files: dict[str, int] = {}
     try:
         for graph in GRAPHS:
@@ -324,8 +344,8 @@ def export_graphs(reader: CheckpointReader, out_dir: str | Path, dtypes: tuple[s
                     continue
                 progress.step(f"converting {graph} to {dtype}")
                 path = out_dir / graph_file(graph, dtype)
-                files[path.name] = write_converted(convert(proto, dtype, q4, store, path), path, store, progress,
-                                                   inline_limit)
+                files[path.name] = write_converted(convert(proto, dtype, q4, store, path, gptq), path, store,
+                                                   progress, inline_limit)
                 store.release(kept)
                 reader.clear_cache()
             del proto

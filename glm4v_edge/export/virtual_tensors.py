@@ -73,6 +73,13 @@ class TensorStore:
         self.recipes.append(recipe)
         return f"{VIRTUAL}{len(self.recipes) - 1}"
 
+    def recipe(self, tensor: TensorProto) -> WeightRecipe | None:
+        """The checkpoint recipe a virtual tensor stands for (None: not one of the store's recipes)."""
+        location = _location(tensor)
+        if location is None or not location.startswith(VIRTUAL):
+            return None
+        return self.recipes[int(location[len(VIRTUAL):])]
+
     def owns(self, tensor: TensorProto) -> bool:
         location = _location(tensor)
         return location is not None and location.startswith(PREFIX)

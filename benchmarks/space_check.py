@@ -20,7 +20,6 @@ import argparse
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def vmhwm_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError("no VmHWM")
 
 
 def reply_text(chat: list[dict]) -> str:
@@ -73,6 +59,7 @@ def main() -> None:
     from gradio_client import Client, handle_file
 
     from glm4v_edge.bench.latency import image_of
+    from glm4v_edge.bench.local_server import free_port, status_mib
     from glm4v_edge.files import atomic_write_text
     from glm4v_edge.machine import describe_machine
 
@@ -103,7 +90,7 @@ def main() -> None:
             chat, _ = Client(url, verbose=False, download_files=False).predict(
                 question, [], "onnx-q4", "", 0, args.tokens, 0.0, 1.0, api_name="/chat")
             total = time.perf_counter() - asked
-        peak = vmhwm_mib(demo.pid)
+        peak = status_mib(demo.pid, "VmHWM")
     finally:
         demo.send_signal(signal.SIGINT)
         try:

@@ -101,11 +101,11 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
     first, steps, generated, second, reused = [], [], [], [], []
     for run in range(runs + 1):
         if follows:  # empty per run: turn one finds nothing, turn two finds turn one
-            variant.prompt_cache = PromptCache(int(DEFAULT_PROMPT_CACHE_GB * 2**30))
+            variant.prompt_cache = PromptCache.from_gb(DEFAULT_PROMPT_CACHE_GB)
         events = list(variant.generate(messages, max_new_tokens=prompts.decode_tokens, sampling=Sampling.greedy()))
         answer = history_text(Reply.from_pieces([piece for event in events for piece in event.pieces]))
         turn_two = [*messages, answer_message(answer), user_message(FOLLOW_UP)]
-        event = next(iter(variant.generate(turn_two, max_new_tokens=1, sampling=Sampling.greedy())), None) \
+        follow_up = next(iter(variant.generate(turn_two, max_new_tokens=1, sampling=Sampling.greedy())), None) \
             if follows else None
         variant.prompt_cache = None
         times = [event.elapsed_s for event in events]
@@ -114,9 +114,9 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
         first.append(times[0])
         steps += list(np.diff(times))
         generated.append(len(times))
-        if event is not None:
-            second.append(event.elapsed_s)
-            reused.append(event.cached_tokens)
+        if follow_up is not None:
+            second.append(follow_up.elapsed_s)
+            reused.append(follow_up.cached_tokens)
     decode = stats(steps) if steps else None
     return {
         "vision": vision,

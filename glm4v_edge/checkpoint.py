@@ -7,6 +7,7 @@ The embedded tiny model goes through exactly the same ``from_pretrained`` calls 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import sys
@@ -152,6 +153,20 @@ def quiet_transformers() -> Iterator[None]:
         transformers_logging.set_verbosity(verbosity)
         if bars:
             transformers_logging.enable_progress_bar()
+
+
+@contextmanager
+def kept_root_logger() -> Iterator[None]:
+    """The root logger as it was, whatever the block imports: gptqmodel and onnxruntime's int4
+    quantizer run ``logging.basicConfig(level=INFO)`` at import, which would print every graph
+    pass of a later export for the rest of the process."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @contextmanager

@@ -8,53 +8,39 @@ from typing import Annotated
 
 import typer
 
-from glm4v_edge.bench.settings import BenchSettings, ConversationSettings
-from glm4v_edge.console import (
-    chat_once,
-    errors,
-    print_bench,
-    print_eval,
-    print_export,
-    print_quantized,
-    print_written,
-    progress_bars,
+from glm4v_edge.bench_commands import bench_app
+from glm4v_edge.cli_options import (
+    ArtifactsOption,
+    ConcurrencyOption,
+    DeviceOption,
+    HostOption,
+    ModelOption,
+    OverwriteOption,
+    PromptCacheOption,
+    ThreadsOption,
+    VariantOption,
 )
+from glm4v_edge.console import chat_once, errors, print_bench, print_eval, print_export, print_quantized, progress_bars
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.settings import ExportSettings, Q4Settings, parse_dtypes
 from glm4v_edge.files import check_output_folder
 from glm4v_edge.messages import user_message
 from glm4v_edge.names import ONNX_DTYPES
-from glm4v_edge.pipeline import BuildSettings, default_artifacts
+from glm4v_edge.pipeline import BUILD_Q4, BuildSettings, default_artifacts
 from glm4v_edge.quant.settings import GptqSettings
-from glm4v_edge.runtime.prompt_cache import DEFAULT_PROMPT_CACHE_GB, PromptCache
+from glm4v_edge.runtime.prompt_cache import PromptCache
 from glm4v_edge.runtime.registry import load_from, variant_names
 from glm4v_edge.runtime.variant import Sampling
 
 app = typer.Typer(help="Run GLM-4.1V-9B-Thinking on cheaper hardware. With no --model, commands use the embedded "
                   "tiny model.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 tiny_app = typer.Typer(help="The embedded tiny GLM-4.1V: train, evaluate, sample its task, random larger shapes.")
-bench_app = typer.Typer(help="Measurements: with no command, latency, memory, size and accuracy of every variant "
-                        "against the baseline, each in its own process; the commands below measure one thing more.")
 export_app = typer.Typer(help="Export a checkpoint to other runtimes.")
 quantize_app = typer.Typer(help="Quantize a checkpoint (GPTQ by GPTQModel).")
 for sub_app, sub_name in ((tiny_app, "tiny"), (export_app, "export"), (quantize_app, "quantize")):
     app.add_typer(sub_app, name=sub_name, no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Hub id (e.g. zai-org/GLM-4.1V-9B-Thinking) "
-                                                 "or checkpoint folder. Default: the embedded tiny model.")]
-VariantOption = Annotated[str, typer.Option("--variant", help="Which variant to run (see `glm4v-edge variants`).")]
-DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 ... Default: cuda if available.")]
-ArtifactsOption = Annotated[Path | None, typer.Option(
-    "--artifacts", help="A folder made by `glm4v-edge build` / `export onnx` / `quantize gptq`, for its variants, or "
-    "its hub repo, user/repo[@revision] (only the files the variant opens are downloaded).")]
-ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads. Default: the runtime's.")]
-OverwriteOption = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
-HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")]
-ConcurrencyOption = Annotated[int, typer.Option(min=1, help="Generations at once per variant; more wait.")]
-PromptCacheOption = Annotated[float | None, typer.Option(
-    "--prompt-cache-gb", min=0, help="GiB kept of earlier requests' key/value cache and image features, reused by "
-    f"requests that share their prefix (a conversation's next turn). 0: off. Default: {DEFAULT_PROMPT_CACHE_GB:g}.")]
 DTYPES = ",".join(ONNX_DTYPES)
 
 
@@ -108,13 +94,19 @@ def export_onnx(
                                            "gptq (the decoder's linears from --gptq).")] = Q4Settings.method,
     gptq: Annotated[Path | None, typer.Option(help="q4: a `glm4v-edge quantize gptq` checkpoint (4-bit, no "
                                               "act-order) whose weights the q4 graphs carry.")] = None,
+    vocab_bits: Annotated[int, typer.Option(help="q4: bits of the embeddings and lm_head (4 or 8).")]
+    = Q4Settings.vocab_bits,
+    vision_bits: Annotated[int, typer.Option(help="q4: bits of the vision encoder's linears (4 or 8).")]
+    = Q4Settings.vision_bits,
     parity: Annotated[bool, typer.Option(help="Measure each precision against the source.")] = ExportSettings.parity,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Vision encoder, token embedding and KV-cache decoder as ONNX, written one tensor at a time."""
     from glm4v_edge.export.onnx_export import export_onnx as run_export
     settings = ExportSettings(parse_dtypes(dtypes), Q4Settings(block_size, accuracy_level, method=q4_method,
-                                                               gptq=str(gptq) if gptq else None), parity)
+                                                               gptq=str(gptq) if gptq else None,
+                                                               vocab_bits=vocab_bits, vision_bits=vision_bits),
+                              parity)
     check_output_folder(out, overwrite)
     with progress_bars() as progress:
         manifest = run_export(model, out, settings, overwrite=overwrite, progress=progress)
@@ -152,68 +144,6 @@ def quantize_gptq(
     print_quantized(manifest["variants"][settings.variant], settings.variant, out)
 
 
-@bench_app.callback(invoke_without_command=True)
-def bench(
-    context: typer.Context,
-    artifacts: Annotated[Path | None, typer.Option(help="Artifacts folder (ONNX export and/or GPTQ checkpoints); "
-                                                   "required without a command.")] = None,
-    model: ModelOption = None,
-    variants: Annotated[str, typer.Option(help="'all' (what the artifacts hold) or a comma-separated list.")] = "all",
-    baseline: Annotated[str | None, typer.Option(
-        help="Any variant (torch-bf16, onnx-q4...). Default: torch-fp32 on CPU, torch-bf16 on CUDA.")] = None,
-    prompts: Annotated[str, typer.Option(help="Prompt set: standard (3 image sizes, 3 lengths), quick, gpu, cpu "
-                                         "(the 9B on 2 cores), none (accuracy only).")] = BenchSettings.prompts,
-    runs: Annotated[int, typer.Option(min=1, help="Timed runs per stage after one warm-up.")] = BenchSettings.runs,
-    task_questions: Annotated[int | None, typer.Option(
-        help="Held-out shapes-task questions per variant. Default: 100 for the embedded model, 0 otherwise.")] = None,
-    fidelity_prompts: Annotated[int, typer.Option(min=0, help="Held-out prompts for fidelity, beside the four parity "
-                                                  "prompts.")] = BenchSettings.fidelity_prompts,
-    public_set: Annotated[Path | None, typer.Option(
-        help="A local multiple-choice benchmark (datasets folder or parquet: MMStar, MMBench, MathVista).")] = None,
-    public_limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N public questions.")] = None,
-    device: DeviceOption = None, threads: ThreadsOption = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for JSON, Markdown, PNGs. Default: ARTIFACTS/bench.")] = None,
-    name: Annotated[str | None, typer.Option(help="Report name. Default: the artifacts folder's name.")] = None,
-    peer: Annotated[Path | None, typer.Option(help="GGUF of the decoder: a llama.cpp row (llama-bench)")] = None,
-) -> None:
-    """Latency, memory, size and accuracy of every variant against the baseline, each in its own process."""
-    if context.invoked_subcommand is not None:
-        return
-    if artifacts is None:
-        raise typer.BadParameter("the variants' artifacts folder is required", param_hint="'--artifacts'")
-    from glm4v_edge.bench.benchmark import run_bench
-    settings = BenchSettings(artifacts, model, variants, baseline, prompts, runs, task_questions, fidelity_prompts,
-                             public_set, public_limit, device, threads, out, name, peer)
-    with progress_bars() as progress:
-        record, paths = run_bench(settings, progress)
-    print_bench(record, paths)
-
-
-@bench_app.command("conversation")
-def bench_conversation(
-    artifacts: ArtifactsOption = None,
-    model: ModelOption = None,
-    variant: VariantOption = ConversationSettings.variant,
-    threads: ThreadsOption = None,
-    image_px: Annotated[int, typer.Option(min=28, help="Side of turn one's image.")] = ConversationSettings.image_px,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per reply.")] = ConversationSettings.max_tokens,
-    prompt_cache_gb: Annotated[float, typer.Option(min=0.001, help="The cached run's --prompt-cache-gb.")]
-    = ConversationSettings.prompt_cache_gb,
-    answer_words: Annotated[int, typer.Option(min=0, help="0: the history holds the model's answers (as the demo "
-                                              "sends them); N: each answer is a fixed N-word text.")] = 0,
-    out: Annotated[Path, typer.Option(help="Folder for the JSON and Markdown.")] = ConversationSettings.out,
-    name: Annotated[str, typer.Option(help="Report name.")] = ConversationSettings.name,
-) -> None:
-    """Three turns about one image through `glm4v-edge serve`: time to first token and memory of each, with the
-    prompt cache and without it, in one run."""
-    from glm4v_edge.bench.conversation import measure_conversation
-    settings = ConversationSettings(artifacts, model, variant, threads, image_px, max_tokens, prompt_cache_gb,
-                                    answer_words, out, name)
-    with progress_bars() as progress:
-        _, paths = measure_conversation(settings, progress)
-    print_written(paths)
-
-
 @app.command()
 def build(
     model: ModelOption = None,
@@ -227,7 +157,7 @@ def build(
 ) -> None:
     """The whole pipeline: ONNX export (all precisions) + GPTQ int4 + benchmark, into one artifacts folder."""
     from glm4v_edge.pipeline import build as run_build
-    settings = BuildSettings(export=ExportSettings(parse_dtypes(dtypes)), prompts=prompts, runs=runs)
+    settings = BuildSettings(export=ExportSettings(parse_dtypes(dtypes), BUILD_Q4), prompts=prompts, runs=runs)
     with progress_bars() as progress:
         record, paths = run_build(model, out or default_artifacts(model), settings, device=device, threads=threads,
                                   overwrite=overwrite, progress=progress)

@@ -3,11 +3,11 @@ GPTQ int4, and the benchmark of all of them — into one artifacts folder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from glm4v_edge.bench.settings import BenchSettings
-from glm4v_edge.export.settings import ExportSettings
+from glm4v_edge.export.settings import ExportSettings, Q4Settings
 from glm4v_edge.files import check_output_folder
 from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.quant.settings import GptqSettings
@@ -15,9 +15,14 @@ from glm4v_edge.quant.settings import GptqSettings
 ARTIFACTS_ROOT = Path("artifacts")  # git-ignored: a build never touches committed files
 
 
+# The build's int4: GPTQ's calibrated weights in the q4 graphs, the vocabulary matrices in 8 bits
+# (benchmarks/results/q4-tradeoff-tiny-*: the most faithful int4 measured, at round-to-nearest's speed).
+BUILD_Q4 = Q4Settings(method="gptq", vocab_bits=8, block_size=128)
+
+
 @dataclass(frozen=True)
 class BuildSettings:
-    export: ExportSettings = field(default_factory=ExportSettings)
+    export: ExportSettings = field(default_factory=lambda: ExportSettings(q4=BUILD_Q4))
     gptq: GptqSettings = field(default_factory=GptqSettings)
     prompts: str = "quick"  # the benchmark's prompt set
     runs: int = 3
@@ -33,12 +38,18 @@ def build(model: str | None, out: Path, settings: BuildSettings = BuildSettings(
     """Export, quantize and benchmark ``model`` into ``out``; return the benchmark record and its files
     (written under ``out/bench``)."""
     from glm4v_edge.bench.benchmark import run_bench
+    from glm4v_edge.checkpoint import kept_root_logger
     from glm4v_edge.export.onnx_export import export_onnx
     from glm4v_edge.quant.gptq import quantize_gptq
 
     check_output_folder(out, overwrite)
-    export_onnx(model, out, settings.export, overwrite=overwrite, progress=progress)
-    quantize_gptq(model, out / settings.gptq.variant, settings.gptq, device=device, progress=progress)
+    gptq = out / settings.gptq.variant  # made first; the export then replaces the rest of ``out`` at once
+    with kept_root_logger():
+        quantize_gptq(model, gptq, settings.gptq, overwrite=overwrite, device=device, progress=progress)
+    export = settings.export
+    if export.q4.method == "gptq" and export.q4.gptq is None:  # the q4 graphs carry this build's GPTQ weights
+        export = replace(export, q4=replace(export.q4, gptq=str(gptq)))
+    export_onnx(model, out, export, keep_variants=(settings.gptq.variant,), progress=progress)
     bench = BenchSettings(artifacts=out, model=model, prompts=settings.prompts, runs=settings.runs, device=device,
                           threads=threads)
     return run_bench(bench, progress)

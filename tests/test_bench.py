@@ -26,12 +26,15 @@ def bench(artifacts: Path, *extra: str):
 
 
 def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(artifacts, tmp_path):
-    """One run: the baseline, a healthy variant, and a variant whose graph is truncated (its own
-    process dies or fails; the report says so and the others complete)."""
+    """One run: the baseline, a healthy variant taken from another build (NAME@FOLDER), and a
+    variant whose graph is truncated (its own process dies or fails; the report says so and the
+    others complete)."""
     broken = tmp_path / "tiny"
     shutil.copytree(artifacts, broken)
     (broken / "onnx" / "decoder_model_merged_int8.onnx").write_bytes(b"\0" * 100)
-    result = bench(broken, "--variants", "onnx-fp32,onnx-int8", "--fidelity-prompts", "1")
+    healthy = tmp_path / "healthy"
+    healthy.symlink_to(artifacts, target_is_directory=True)
+    result = bench(broken, "--variants", f"onnx-fp32@{healthy},onnx-int8", "--fidelity-prompts", "1")
     assert result.returncode == 0, result.stderr
     assert "onnx-int8: failed" in result.stderr
     results = broken / "bench"  # the default: inside the artifacts folder, never committed files
@@ -39,26 +42,28 @@ def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(ar
     assert len(files) == 5, files
     record = json.loads(next(results.glob("*.json")).read_text())
     assert record["schema_version"] == 1 and record["baseline"] == "torch-fp32"
-    assert list(record["summary"]) == ["torch-fp32", "onnx-fp32", "onnx-int8"]
+    assert list(record["summary"]) == ["torch-fp32", "onnx-fp32@healthy", "onnx-int8"]
+    assert record["results"]["onnx-fp32@healthy"]["name"] == "onnx-fp32@healthy"
     assert record["summary"]["onnx-int8"]["status"] == "failed"
     assert "decoder_model_merged_int8.onnx" in record["summary"]["onnx-int8"]["error"]
-    for name in ("torch-fp32", "onnx-fp32"):
+    for name in ("torch-fp32", "onnx-fp32@healthy"):
         row = record["summary"][name]
         assert row["status"] == "ok", (name, row)
         assert row["decode_ms"] > 0 and row["tokens_per_s"] > 0 and row["floor_ms_per_token"] > 0
         assert row["size_mb"] > 0 and row["peak_rss_mib"] > 0 and row["task_accuracy"] is not None
-    fp32 = record["summary"]["onnx-fp32"]
+    fp32 = record["summary"]["onnx-fp32@healthy"]
     assert fp32["top1_agreement"] == 1.0 and fp32["identical_replies"] == "5/5"  # same weights as the baseline
     assert fp32["task_replies_identical"] == 3 and fp32["decode_speedup"] is not None
     assert record["machine"]["copy_bandwidth_gbs"] > 0 and record["machine"]["copy_bandwidth_threads"] >= 1
-    latency = record["results"]["onnx-fp32"]["latency"]
+    latency = record["results"]["onnx-fp32@healthy"]["latency"]
     assert set(latency) == {"vision", "prefill", "time_to_first_token", "follow_up", "decode"}
     # The follow-up turn started from the first turn's cache: at least the whole first prompt but its last token.
     prompt = latency["time_to_first_token"]["prompt_tokens"]
     assert all(reused >= prompt - 1 for reused in latency["follow_up"]["cached_tokens"])
     assert fp32["follow_up_ms"] > 0 and fp32["follow_up_cached_tokens"] >= prompt - 1
     markdown = next(results.glob("*.md")).read_text()
-    assert "| onnx-fp32 |" in markdown and "| onnx-int8 | failed" in markdown and "Baseline: **torch-fp32**" in markdown
+    assert "| onnx-fp32@healthy |" in markdown and "| onnx-int8 | failed" in markdown
+    assert "Baseline: **torch-fp32**" in markdown
     header, separator = markdown.split("\n")[4:6]
     assert header.count("|") == separator.count("|")
     for png in results.glob("*.png"):
@@ -91,6 +96,10 @@ def test_unknown_and_unscorable_variants_are_refused_before_starting(artifacts, 
                           "remote cannot be benchmarked")
     assert_one_line_error(bench(artifacts, "--prompts", "long", "--out", str(tmp_path)), "unknown prompt set")
     assert_one_line_error(bench(artifacts, "--variants", "rtn-int4", "--out", str(tmp_path)), "holds no rtn-int4")
+    assert_one_line_error(bench(artifacts, "--variants", f"onnx-q4@{tmp_path / 'none'}", "--out", str(tmp_path)),
+                          "artifacts folder not found")
+    assert_one_line_error(bench(artifacts, "--variants", f"onnx-q4@{artifacts},onnx-q4@{artifacts}", "--out",
+                                str(tmp_path)), "names a row twice")
     assert not list(tmp_path.iterdir())  # refused before measuring anything
 
 
@@ -105,7 +114,7 @@ def test_onnx_on_cuda_without_onnxruntime_gpu_is_a_not_run_row(tmp_path):
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
     plan = plan_bench(BenchSettings(tmp_path, variants="torch-bf16,onnx-q4f16", baseline="torch-fp16", device="cuda"))
-    assert plan.variants == ["torch-bf16"]
+    assert [choice.label for choice in plan.variants] == ["torch-bf16"]
     assert plan.not_run == {"onnx-q4f16": "onnxruntime-gpu not installed (this onnxruntime has no CUDA execution "
                                           "provider)"}
 

@@ -14,6 +14,7 @@ from glm4v_edge.tiny import build, train
 from glm4v_edge.tiny.random_checkpoint import write_random_checkpoint
 
 
+@pytest.mark.slow  # ~18 s of training steps (CI runs it)
 def test_a_few_training_steps_learn_and_save(tmp_path):
     losses = []
     settings = train.TrainSettings(steps=6, batch_size=2, warmup_steps=2)

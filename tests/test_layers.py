@@ -20,6 +20,8 @@ LAYERS = [
     ["export", "quant"],
     ["bench", "demo", "tiny"],
     ["pipeline", "console"],
+    ["cli_options"],  # the typer options several commands share
+    ["bench_commands"],  # the `bench` group: the comparison and each measurement's command
     ["cli"],
     ["__main__", "__init__"],
 ]

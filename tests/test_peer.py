@@ -13,6 +13,7 @@ import pytest
 from glm4v_edge.bench import peer
 from glm4v_edge.bench.report import markdown, summarize
 from glm4v_edge.errors import Glm4vEdgeError
+from tests.conftest import assert_one_line_error, run_cli
 
 DATA = Path(__file__).parent / "data"
 
@@ -46,13 +47,41 @@ def test_llama_bench_records_become_a_row_keyed_like_the_variants(tmp_path):
     results[row["name"]] = row
     summary = summarize(results, "onnx-q4", bandwidth_gbs=20.0)
     ratio = summary["llama.cpp Q4_0"]["decode_ms"] / 0.5
-    assert summary["onnx-q4"]["decode_vs_llama.cpp"] == pytest.approx(ratio, abs=0.01)
-    assert summary["llama.cpp Q4_0"]["floor_ms_per_token"] is None  # no decoder-only byte count for a GGUF
+    assert summary["onnx-q4"]["decode_vs_llama.cpp Q4_0"] == pytest.approx(ratio, abs=0.01)
+    assert summary["llama.cpp Q4_0"]["floor_ms_per_token"] is None  # its matrices not read (a header-only file)
     assert summary["llama.cpp Q4_0"]["prefill:512_ms"] is not None
     record = {"name": "t", "date": "2026-11-30", "baseline": "onnx-q4", "settings": {"runs": 2},
               "machine": {"cpu": "x", "copy_bandwidth_gbs": 20.0}, "summary": summary}
     text = markdown(record)
-    assert "| llama.cpp Q4_0 |" in text and f"onnx-q4 **{summary['onnx-q4']['decode_vs_llama.cpp']:.2f}x**" in text
+    assert "| llama.cpp Q4_0 |" in text
+    assert f"onnx-q4 **{summary['onnx-q4']['decode_vs_llama.cpp Q4_0']:.2f}x**" in text
+
+
+def test_a_gguf_states_the_bits_per_weight_of_its_decoder_matrices(tmp_path):
+    """Every 2-D tensor but the token embeddings, as the ONNX rows count theirs; the peer's floor
+    and its name come from them."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+
+    path = tmp_path / "decoder.gguf"
+    writer = GGUFWriter(str(path), "glm4")
+    writer.add_file_type(LlamaFileType.MOSTLY_Q8_0)
+    writer.add_tensor("token_embd.weight", np.zeros((64, 32), dtype=np.float32))
+    writer.add_tensor("output.weight", np.zeros((64, 32), dtype=np.float16))
+    q8 = np.zeros((32, 34 * 2), dtype=np.uint8)  # 32 rows of 64 Q8_0 weights: 2 blocks of 34 bytes
+    writer.add_tensor("blk.0.ffn_up.weight", q8, raw_shape=(32, 68), raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output_norm.weight", np.ones(32, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    matrices = peer.decoder_matrices(path)
+    assert matrices["weights"] == 64 * 32 + 32 * 64 and matrices["file_type"] == "Q8_0"
+    assert matrices["bytes"] == 64 * 32 * 2 + 32 * 68
+    assert matrices["bits_per_weight"] == pytest.approx(8 * (64 * 32 * 2 + 32 * 68) / (2 * 64 * 32), abs=1e-3)
+    row = peer.peer_result(path, {}, [], recorded("decode")[0], 100.0, matrices)
+    assert row["name"] == "llama.cpp Q8_0" and row["decoder_bytes"] == matrices["bytes"]
+    assert row["details"]["decoder_bits_per_weight"] == matrices["bits_per_weight"]
 
 
 def test_peer_refusals_are_one_line(tmp_path, monkeypatch):
@@ -65,6 +94,13 @@ def test_peer_refusals_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv(peer.LLAMA_BENCH_ENV, str(tmp_path / "nowhere" / "llama-bench"))
     with pytest.raises(Glm4vEdgeError, match="needs llama-bench"):
         peer.find_llama_bench()
+
+
+def test_decode_depth_refuses_a_missing_gguf_in_one_line(artifacts, tmp_path):
+    result = run_cli("bench", "decode-depth", "--artifacts", str(artifacts), "--peer", str(tmp_path / "none.gguf"),
+                     "--out", str(tmp_path))
+    assert_one_line_error(result, "no such GGUF file")
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_a_failing_llama_bench_is_reported_in_one_line(tmp_path):

@@ -89,25 +89,72 @@ def test_split_gate_up_halves_are_joined_and_act_order_is_refused(artifacts, tmp
         GptqCheckpoint(split).nbits("model.language_model.layers.0.mlp.down_proj.weight", (384, 128))
 
 
+def attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.slow  # ~25 s: an export through the CLI, with parity (CI runs it)
 def test_the_q4_export_carries_gptq_weights_and_says_so(artifacts, tmp_path):
     result = run_cli("export", "onnx", "--out", str(tmp_path / "gptq"), "--dtypes", "q4", "--q4-method", "gptq",
-                     "--gptq", str(artifacts / "gptq-int4"))
+                     "--gptq", str(artifacts / "gptq-int4"), "--vocab-bits", "8", "--vision-bits", "8")
     assert result.returncode == 0, result.stderr
     manifest = read_manifest(tmp_path / "gptq")
     assert manifest["q4"]["method"] == "gptq" and "GPTQ checkpoint gptq-int4" in manifest["weights"]["q4"]
+    assert "embeddings and lm_head 8-bit" in manifest["weights"]["q4"] and manifest["q4"]["vocab_bits"] == 8
     decoder = onnx.load(tmp_path / "gptq" / graph_file("decoder_model_merged", "q4"), load_external_data=False)
-    blocks = sorted({helper.get_attribute_value(a) for node in decoder.graph.node if node.op_type == "MatMulNBits"
-                     for a in node.attribute if a.name == "block_size"})
-    assert blocks == [128, 256]  # the decoder's linears at GPTQ's groups, lm_head round-to-nearest at 256
-    # The text prompt's distributions, the one 4-bit rounding moves most: GPTQ's weights move them less.
+    formats = {(attributes(node)["bits"], attributes(node)["block_size"]) for node in decoder.graph.node
+               if node.op_type == "MatMulNBits"}
+    assert formats == {(4, 128), (8, 128)}  # the decoder's linears at GPTQ's groups, lm_head 8-bit
+    embed = onnx.load(tmp_path / "gptq" / graph_file("embed_tokens", "q4"), load_external_data=False)
+    assert [attributes(node)["bits"] for node in embed.graph.node if node.op_type == "GatherBlockQuantized"] == [8]
+    vision = onnx.load(tmp_path / "gptq" / graph_file("vision_encoder", "q4"), load_external_data=False)
+    vision_bits = [attributes(node).get("bits") for node in vision.graph.node if node.op_type == "MatMulNBits"]
+    assert vision_bits and set(vision_bits) == {8}
+    assert not [node for node in vision.graph.node if node.op_type == "MatMul"]  # every linear quantized
+    # The text prompt's distributions, the one 4-bit rounding moves most: these weights move them less.
     rtn = read_manifest(artifacts)["parity"]["results"]["q4"]["text"]
     gptq = manifest["parity"]["results"]["q4"]["text"]
     assert gptq["greedy_match"] >= rtn["greedy_match"] and gptq["top1_agreement"] >= rtn["top1_agreement"]
-    assert "--q4-method gptq" in manifest["export"]["command"]
+    assert gptq["mean_kl"] < rtn["mean_kl"]
+    assert "--q4-method gptq" in manifest["export"]["command"] and "--vision-bits 8" in manifest["export"]["command"]
     card = (tmp_path / "gptq" / "README.md").read_text()
     assert "- onnx-q4: int4: the decoder's linears from the GPTQ checkpoint" in card
 
 
+def test_8_bit_vocabulary_matrices_compute_their_dequantized_weights():
+    """Embeddings (GatherBlockQuantized) and lm_head (MatMulNBits) at 8 bits: what onnxruntime
+    computes is the 8-bit codes' weights, within 8-bit rounding of the fp32 ones."""
+    from glm4v_edge.export.precisions import to_q4
+    from glm4v_edge.export.settings import Q4Settings
+
+    rng = np.random.default_rng(0)
+    table, head = rng.standard_normal((40, 256)).astype(np.float32), rng.standard_normal((256, 40)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["inputs_embeds"], name="embed"),
+             helper.make_node("MatMul", ["inputs_embeds", "head"], ["logits"], name="lm_head")]
+    graph = helper.make_graph(nodes, "vocabulary", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [3])],
+                              [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [3, 256]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, [3, 40])],
+                              [numpy_helper.from_array(table, "table"), numpy_helper.from_array(head, "head")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    quantized = to_q4(model, Q4Settings(vocab_bits=8, accuracy_level=0))
+    assert sorted((node.op_type, attributes(node)["bits"]) for node in quantized.graph.node) == [
+        ("GatherBlockQuantized", 8), ("MatMulNBits", 8)]
+    ids = np.array([0, 7, 39])
+    embeds, logits = ort.InferenceSession(quantized.SerializeToString()).run(None, {"input_ids": ids})
+    weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in quantized.graph.initializer}
+    codes, scales = weights["table_Q8"].astype(np.float32), weights["table_scales"]
+    dequantized = ((codes - 128).reshape(40, 2, 128) * scales[..., None]).reshape(40, 256)
+    np.testing.assert_allclose(embeds, dequantized[ids], rtol=1e-6)
+    np.testing.assert_allclose(embeds, table[ids], atol=np.abs(table).max() / 254 + 1e-6)
+    matmul = next(node for node in quantized.graph.node if node.op_type == "MatMulNBits")
+    head_codes, head_scales = weights[matmul.input[1]].astype(np.float32), weights[matmul.input[2]]
+    zero = weights[matmul.input[3]].astype(np.float32)[..., None] if len(matmul.input) > 3 else 128  # its default
+    head_dequantized = ((head_codes - zero) * head_scales[..., None]).reshape(40, 256).T
+    np.testing.assert_allclose(logits, embeds @ head_dequantized, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(head_dequantized, head, atol=np.abs(head).max() / 254 + 1e-6)
+
+
+@pytest.mark.slow  # ~25 s: an export through the CLI (CI runs it)
 def test_hqq_export_answers(tmp_path):
     result = run_cli("export", "onnx", "--out", str(tmp_path / "hqq"), "--dtypes", "q4", "--q4-method", "hqq",
                      "--no-parity")
@@ -125,6 +172,8 @@ def test_hqq_export_answers(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--q4-method", "gptq"], "takes its weights from --gptq"),
     (["--q4-method", "awq"], "unknown q4 method 'awq'"),
+    (["--vocab-bits", "6"], "--vocab-bits 6: choose 4 or 8"),
+    (["--vision-bits", "2"], "--vision-bits 2: choose 4 or 8"),
 ])
 def test_bad_q4_settings_are_one_line(tmp_path, args, fragment):
     assert_one_line_error(run_cli("export", "onnx", "--out", str(tmp_path / "x"), "--dtypes", "q4", *args), fragment)
@@ -135,3 +184,23 @@ def test_a_folder_that_is_not_gptq_is_refused(tmp_path):
 
     with pytest.raises(Glm4vEdgeError, match="is not a GPTQ checkpoint"):
         GptqCheckpoint(embedded_model_dir())
+
+
+@pytest.mark.slow  # ~3 min: GPTQ, the export and a benchmark of both
+def test_build_ships_gptq_weights_as_its_onnx_q4(tmp_path):
+    """`glm4v-edge build` quantizes with GPTQ first, and its onnx-q4 carries those weights (vision
+    and vocabulary at 8 bits); the folder keeps the GPTQ checkpoint beside the graphs."""
+
+    from glm4v_edge.export.settings import ExportSettings
+    from glm4v_edge.pipeline import BUILD_Q4, BuildSettings, build
+
+    settings = BuildSettings(export=ExportSettings(("q4",), BUILD_Q4, parity=False), prompts="none", runs=1)
+    record, _ = build(None, tmp_path / "tiny", settings, threads=2)
+    manifest = read_manifest(tmp_path / "tiny")
+    assert manifest["dtypes"] == ["q4"] and list(manifest["variants"]) == ["gptq-int4"]
+    assert manifest["q4"]["gptq"] == str(tmp_path / "tiny" / "gptq-int4")
+    assert "GPTQ checkpoint gptq-int4" in manifest["weights"]["q4"]
+    assert any(name.startswith("gptq-int4/") for name in manifest["files"])
+    assert record["summary"]["onnx-q4"]["status"] == "ok" and record["summary"]["gptq-int4"]["status"] == "ok"
+    card = (tmp_path / "tiny" / "README.md").read_text()
+    assert "- onnx-q4: int4: the decoder's linears from the GPTQ checkpoint" in card

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from glm4v_edge.bench.settings import PROMPT_SET_NAMES, BenchSettings
+from glm4v_edge.bench.settings import PROMPT_SET_NAMES, BenchSettings, VariantChoice, parse_variant_choices
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.progress import SILENT, Progress
 
@@ -18,8 +18,8 @@ class BenchPlan:
     """What will run, decided before anything is loaded."""
 
     baseline: str
-    variants: list[str]  # the others that can run here, in order
-    not_run: dict[str, str]  # variant -> why it cannot run here (a "not run" row in the report)
+    variants: list[VariantChoice]  # the others that can run here, in order
+    not_run: dict[str, str]  # row label -> why it cannot run here (a "not run" row in the report)
     device: str
     task_questions: int
 
@@ -33,23 +33,28 @@ def plan_bench(settings: BenchSettings) -> BenchPlan:
         raise Glm4vEdgeError(f"unknown prompt set {settings.prompts!r}; choose {', '.join(PROMPT_SET_NAMES)}")
     device = settings.device or default_device()
     baseline = settings.baseline or ("torch-bf16" if device.startswith("cuda") else "torch-fp32")
-    if settings.peer is not None:
+    if settings.peers:
         from glm4v_edge.bench.peer import check_peer
 
-        check_peer(settings.peer)
+        for gguf in settings.peers:
+            check_peer(gguf)
     if settings.variants == "all":
-        chosen = built_variants(settings.artifacts)
+        chosen = [VariantChoice(name) for name in built_variants(settings.artifacts)]
     else:
-        chosen = [name.strip() for name in settings.variants.split(",") if name.strip()]
-    check_measurable([baseline, *chosen])
+        chosen = parse_variant_choices(settings.variants)
+    check_measurable([baseline, *(choice.name for choice in chosen)])
+    if len({choice.label for choice in chosen}) < len(chosen):
+        raise Glm4vEdgeError(f"--variants {settings.variants!r} names a row twice (give each folder its own name)")
     if reason := unavailable(baseline, device):
         raise Glm4vEdgeError(f"the baseline {baseline} cannot run here: {reason}")
-    not_run = {name: reason for name in chosen if (reason := unavailable(name, device))}
+    not_run = {choice.label: reason for choice in chosen if (reason := unavailable(choice.name, device))}
     task_questions = settings.task_questions
     if task_questions is None:
         task_questions = EMBEDDED_TASK_QUESTIONS if settings.model is None else 0
-    runnable = [name for name in chosen if name != baseline and name not in not_run]
-    check_built([baseline, *runnable], settings.artifacts)
+    runnable = [choice for choice in chosen if choice.label != baseline and choice.label not in not_run]
+    check_built([baseline], settings.artifacts)
+    for choice in runnable:
+        check_built([choice.name], choice.artifacts or settings.artifacts)
     return BenchPlan(baseline, runnable, not_run, device, task_questions)
 
 
@@ -62,7 +67,7 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
     from glm4v_edge.machine import describe_machine
 
     plan = plan_bench(settings)
-    progress.start("bench", 2 + len(plan.variants) + (settings.peer is not None))
+    progress.start("bench", 2 + len(plan.variants) + len(settings.peers))
     progress.step("measuring memory bandwidth")
     copy_threads = settings.threads or default_threads()  # the threads the variants run on
     bandwidth = copy_bandwidth_gbs(plan.device, threads=copy_threads)
@@ -72,17 +77,18 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
               public_set=str(settings.public_set) if settings.public_set else None,
               public_limit=settings.public_limit)
     results = run_benchmark(job, plan.variants, progress)
-    if settings.peer is not None:
+    if settings.peers:
         from glm4v_edge.bench.latency import PROMPT_SETS
         from glm4v_edge.bench.peer import measure_peer
 
-        progress.step(f"measuring the llama.cpp peer ({settings.peer.name})")
-        peer = measure_peer(settings.peer, copy_threads, results, PROMPT_SETS[settings.prompts].decode_tokens,
-                            settings.runs)
-        results[peer["name"]] = peer
+        for gguf in settings.peers:
+            progress.step(f"measuring the llama.cpp peer ({gguf.name})")
+            peer = measure_peer(gguf, copy_threads, results, PROMPT_SETS[settings.prompts].decode_tokens, settings.runs)
+            results[peer["name"]] = peer
     results.update({name: {"status": "not run", "name": name, "error": reason}
                     for name, reason in plan.not_run.items()})
     recorded = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()}
+    recorded["peers"] = [str(gguf) for gguf in settings.peers]
     recorded.update(model=settings.model or "embedded tiny model", artifacts=pinned(settings.artifacts),
                     device=plan.device,
                     task_questions=plan.task_questions, isolation="each variant in its own spawned process")

@@ -177,7 +177,7 @@ def measure_conversation(settings: ConversationSettings, progress: Progress = SI
         raise Glm4vEdgeError("the conversation compares the prompt cache against none: --prompt-cache-gb must be > 0")
     progress.start("conversation", 2 * (1 + len(QUESTIONS)))
     runs = [converse(settings, gb, progress) for gb in (settings.prompt_cache_gb, 0)]
-    record = {"schema_version": 1, "name": settings.name, "date": date.today().isoformat(),
+    record = {"schema_version": 1, "kind": "conversation", "name": settings.name, "date": date.today().isoformat(),
               "what": "a three-turn conversation through glm4v-edge serve, with the prompt cache and without",
               "settings": {**asdict(settings), "artifacts": str(settings.artifacts), "out": str(settings.out)},
               "machine": describe_machine(), "runs": runs, "summary": summarize(*runs)}

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from glm4v_edge.errors import Glm4vEdgeError, first_line
@@ -42,17 +43,23 @@ def check_peer(gguf: Path) -> Path:
 
 
 def run_llama_bench(binary: Path, arguments: list[str]) -> tuple[list[dict], float]:
-    """One llama-bench run: its JSON records and the peak resident memory (MiB) of its process."""
+    """One llama-bench run: its JSON records and its own peak resident memory (MiB), its VmHWM
+    read while it runs (``os.wait4``'s figure would include this process's: a forked child
+    starts with its parent's peak)."""
+    from glm4v_edge.bench.local_server import status_mib
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen([str(binary), *arguments, "-o", "json"], stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)  # wait4: this child's own peak RSS
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, status_mib(process.pid, "VmHWM") or 0.0)
+            time.sleep(0.05)
+        if process.returncode != 0:
             err.seek(0)
             message = err.read().decode(errors="replace").strip().splitlines() or ["no message"]
-            raise Glm4vEdgeError(f"llama-bench failed ({code}): {first_line(message[-1])}")
+            raise Glm4vEdgeError(f"llama-bench failed ({process.returncode}): {first_line(message[-1])}")
         out.seek(0)
-        return json.loads(out.read()), round(usage.ru_maxrss / 1024, 1)
+        return json.loads(out.read()), round(peak, 1)
 
 
 def decode_depth(results: dict[str, dict]) -> int:
@@ -68,6 +75,21 @@ def prefill_lengths(results: dict[str, dict]) -> dict[str, int]:
             for label, stage in ((r.get("latency") or {}).get("prefill") or {}).items()}
 
 
+def decoder_matrices(gguf: Path) -> dict:
+    """Stored bytes and weights of the GGUF's decoder matrices (every 2-D tensor but the token
+    embeddings, which a decode step reads one row of), its file type, and so its bits per weight:
+    the same count as the ONNX rows' (``runtime.onnx_variant.matrix_bits_per_weight``)."""
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(gguf)
+    matrices = [t for t in reader.tensors if len(t.shape) == 2 and t.name != "token_embd.weight"]
+    stored, weights = sum(int(t.n_bytes) for t in matrices), sum(int(t.n_elements) for t in matrices)
+    field = reader.fields.get("general.file_type")
+    file_type = LlamaFileType(int(field.parts[-1][0])).name.removeprefix("MOSTLY_") if field else None
+    return {"bytes": stored, "weights": weights, "file_type": file_type,
+            "bits_per_weight": round(8 * stored / weights, 3) if weights else None}
+
+
 def measure_peer(gguf: Path, threads: int, results: dict[str, dict], decode_tokens: int, runs: int) -> dict:
     """Run llama-bench twice (prefill lengths from an empty context; decode after the variants'
     prompt length) and return the peer's result."""
@@ -79,11 +101,11 @@ def measure_peer(gguf: Path, threads: int, results: dict[str, dict], decode_toke
         prefill, peak = run_llama_bench(binary, [*common, "-p", ",".join(map(str, lengths.values())), "-n", "0"])
         peaks.append(peak)
     decode, peak = run_llama_bench(binary, [*common, "-p", "0", "-n", str(decode_tokens), "-d", str(depth)])
-    return peer_result(gguf, lengths, prefill, decode[0], max(peaks + [peak]))
+    return peer_result(gguf, lengths, prefill, decode[0], max(peaks + [peak]), decoder_matrices(gguf))
 
 
 def peer_result(gguf: Path, lengths: dict[str, int], prefill_records: list[dict], generation: dict,
-                peak_rss_mib: float) -> dict:
+                peak_rss_mib: float, matrices: dict | None = None) -> dict:
     """llama-bench's records as a result shaped like a variant's (``latency.prefill``,
     ``latency.decode``), prefill keyed by the variants' stage names so the rows line up."""
     by_length = {record["n_prompt"]: record for record in prefill_records}
@@ -93,11 +115,14 @@ def peer_result(gguf: Path, lengths: dict[str, int], prefill_records: list[dict]
     decode = {"median_ms": round(1000 / generation["avg_ts"], 3), "p90_ms": None,
               "samples": len(generation["samples_ts"]), "tokens_per_s": round(generation["avg_ts"], 2),
               "depth": generation["n_depth"], "mean_of": "llama-bench repetitions"}
+    matrices = matrices or {}
+    file_type = matrices.get("file_type") or generation["model_type"].split()[-1]
     return {
-        "status": "ok", "name": f"llama.cpp {generation['model_type'].split()[-1]}", "peer": "llama.cpp",
-        "load_s": None, "artifact_bytes": gguf.stat().st_size, "decoder_bytes": None,
+        "status": "ok", "name": f"llama.cpp {file_type}", "peer": "llama.cpp",
+        "load_s": None, "artifact_bytes": gguf.stat().st_size, "decoder_bytes": matrices.get("bytes"),
         "details": {"gguf": gguf.name, "llama_cpp_commit": generation["build_commit"],
-                    "threads": generation["n_threads"], "flash_attn": generation.get("flash_attn")},
+                    "threads": generation["n_threads"], "flash_attn": generation.get("flash_attn"),
+                    "decoder_bits_per_weight": matrices.get("bits_per_weight")},
         "latency": {"vision": {}, "prefill": prefill, "time_to_first_token": None, "decode": decode},
         "peak_rss_mib": peak_rss_mib,
     }

@@ -48,7 +48,8 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
         if result.get("status") != "ok":
             rows[name] = {"status": result.get("status", "failed"), "error": result.get("error")}
             continue
-        row = {"status": "ok", "size_mb": round(result["artifact_bytes"] / 1e6, 2), "load_s": result["load_s"]}
+        row = {"status": "ok", "size_mb": round(result["artifact_bytes"] / 1e6, 2), "load_s": result["load_s"],
+               "bits_per_weight": (result.get("details") or {}).get("decoder_bits_per_weight")}
         for key in (*keys, "ttft", "follow_up", "decode"):
             row[f"{key}_ms"] = stage(result, key)
             row[f"{key}_speedup"] = _ratio(stage(base, key), stage(result, key))
@@ -75,10 +76,10 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
         row["task_replies_identical"] = (result.get("task") or {}).get("replies_identical_to_baseline")
         row["public_accuracy"] = (result.get("public_set") or {}).get("accuracy")
         rows[name] = row
-    peers = [row for row in rows.values() if row.get("peer")]
-    for row in rows.values():  # > 1: faster than the peer, measured in this run
-        for peer in peers:
-            row[f"decode_vs_{peer['peer']}"] = _ratio(peer["decode_ms"], row.get("decode_ms"))
+    peers = {name: row for name, row in rows.items() if row.get("peer")}
+    for row in rows.values():  # > 1: faster than that peer, measured in this run
+        for name, peer in peers.items():
+            row[f"decode_vs_{name}"] = _ratio(peer["decode_ms"], row.get("decode_ms"))
     return rows
 
 
@@ -127,16 +128,16 @@ def markdown(record: dict) -> str:
         + (f"Medians over {record['settings'].get('runs')} runs." if measured_latency(record) else
            "Accuracy only: no latency measured (prompt set none)."),
         "",
-        "| variant | size MB | load s | " + "".join(f"{s.replace(':', ' ')} ms | " for s in stages)
+        "| variant | size MB | bits/weight | load s | " + "".join(f"{s.replace(':', ' ')} ms | " for s in stages)
         + "TTFT ms | follow-up TTFT ms (prompt tokens reused) | decode ms/token (p90) | tok/s | floor ms/token "
         "| peak RSS MiB | mean KL | top-1 | greedy match | identical replies | task acc (same replies) | public acc |",
-        "|---" * (15 + len(stages)) + "|",
+        "|---" * (16 + len(stages)) + "|",
     ]
     for name, row in summary.items():
         if row["status"] != "ok":
-            lines.append(f"| {name} | {row['status']}: {row['error']} |" + " |" * (13 + len(stages)))
+            lines.append(f"| {name} | {row['status']}: {row['error']} |" + " |" * (14 + len(stages)))
             continue
-        cells = [name, _fmt(row["size_mb"]), _fmt(row["load_s"], ".2f")]
+        cells = [name, _fmt(row["size_mb"]), _fmt(row.get("bits_per_weight"), ".2f"), _fmt(row["load_s"], ".2f")]
         for s in (*stages, "ttft"):
             cells.append(f"{_fmt(row[f'{s}_ms'])} ({_fmt(row[f'{s}_speedup'], '.2f', 'x')})")
         cells.append(f"{_fmt(row.get('follow_up_ms'))} ({_fmt(row.get('follow_up_cached_tokens'), 'd')})")
@@ -146,7 +147,9 @@ def markdown(record: dict) -> str:
                   _fmt(row["mean_kl"], ".2e"), _fmt(row["top1_agreement"], ".1%"), row["greedy_match"] or "–",
                   row["identical_replies"] or "–", task_cell(row), _fmt(row["public_accuracy"], ".1%")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Floor: decoder weight bytes / copy bandwidth, the least time one decode step can take.",
+    lines += ["", "Bits/weight: stored bits per weight of the decoder graph's matrices (linears and lm_head, "
+              "scales and zero points included), what a decode step reads per weight.",
+              "", "Floor: decoder weight bytes / copy bandwidth, the least time one decode step can take.",
               "", "Follow-up TTFT: time to the first token of a second turn about the same image (history as the "
               "demo sends it: the first answer, then a new question), starting from the first turn's prompt cache."]
     lines += peer_lines(summary)
@@ -159,7 +162,7 @@ def peer_lines(summary: dict[str, dict]) -> list[str]:
     for peer_name, peer in summary.items():
         if peer["status"] != "ok" or not peer.get("peer"):
             continue
-        key = f"decode_vs_{peer['peer']}"
+        key = f"decode_vs_{peer_name}"
         ratios = ", ".join(f"{name} **{row[key]:.2f}x**" for name, row in summary.items()
                            if row["status"] == "ok" and not row.get("peer") and row.get(key))
         lines += ["", f"{peer_name}: a peer measured in this run by its own benchmark tool (llama-bench) on a GGUF "

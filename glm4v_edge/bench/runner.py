@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from glm4v_edge.bench.latency import PROMPT_SETS, measure_latency
+from glm4v_edge.bench.settings import VariantChoice
 from glm4v_edge.errors import Glm4vEdgeError, first_line
 from glm4v_edge.machine import peak_rss_mib
 from glm4v_edge.progress import SILENT, Progress
@@ -37,6 +38,7 @@ class Job:
     public_limit: int | None = None
     max_new_tokens: int = 64
     references: dict[str, Any] | None = None  # from the baseline; None: this job is the baseline
+    label: str | None = None  # the report row's name (None: the variant's own)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,7 +59,7 @@ def measure(job: Job) -> dict:
         torch.set_num_threads(job.threads)
     started = time.perf_counter()
     variant = _load(job)
-    result: dict[str, Any] = {"status": "ok", "name": variant.name,
+    result: dict[str, Any] = {"status": "ok", "name": job.label or variant.name,
                               "load_s": round(time.perf_counter() - started, 3),
                               "artifact_bytes": variant.artifact_bytes, "decoder_bytes": variant.decoder_bytes,
                               "details": variant.details}
@@ -97,19 +99,24 @@ def run_isolated(job: Job) -> dict:
         error = str(failure)
     except Exception as failure:  # any exception inside the variant: reported, the run goes on
         error = f"{type(failure).__name__}: {first_line(failure)}"
-    return {"status": "failed", "name": job.variant, "error": error, "seconds": round(time.perf_counter() - started, 1)}
+    return {"status": "failed", "name": job.label or job.variant, "error": error,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
-def run_benchmark(baseline: Job, variants: list[str], progress: Progress = SILENT) -> dict[str, dict]:
-    """The baseline first, then each variant with the baseline's references."""
+def run_benchmark(baseline: Job, variants: list[VariantChoice],
+                  progress: Progress = SILENT) -> dict[str, dict]:
+    """The baseline first, then each variant (from its own folder when it names one) with the
+    baseline's references; results keyed by row label."""
     progress.step(f"measuring {baseline.variant} (baseline)")
     results = {baseline.variant: run_isolated(baseline)}
     references = results[baseline.variant].pop("references", None)
     if references is None:
         raise Glm4vEdgeError(f"the baseline {baseline.variant} failed: {results[baseline.variant].get('error')}")
-    for name in variants:
-        if name == baseline.variant:
+    for choice in variants:
+        if choice.label == baseline.variant:
             continue
-        progress.step(f"measuring {name}")
-        results[name] = run_isolated(replace(baseline, variant=name, references=references))
+        progress.step(f"measuring {choice.label}")
+        artifacts = str(choice.artifacts) if choice.artifacts is not None else baseline.artifacts
+        results[choice.label] = run_isolated(replace(baseline, variant=choice.name, artifacts=artifacts,
+                                                     label=choice.label, references=references))
     return results

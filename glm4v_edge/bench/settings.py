@@ -12,10 +12,33 @@ PROMPT_SET_NAMES = ("standard", "quick", "gpu", "cpu", "none")  # see bench.late
 
 
 @dataclass(frozen=True)
+class VariantChoice:
+    """One row of a bench run: a variant, from the run's artifacts or from its own folder
+    (``onnx-q4@FOLDER``: several exports of one precision compared in one run)."""
+
+    name: str
+    artifacts: Path | None = None  # None: the run's --artifacts
+
+    @property
+    def label(self) -> str:
+        return self.name if self.artifacts is None else f"{self.name}@{self.artifacts.name}"
+
+
+def parse_variant_choices(text: str) -> list[VariantChoice]:
+    """'onnx-q4,onnx-q4@exports/block32' -> the choices, in order."""
+    choices = []
+    for entry in (part.strip() for part in text.split(",")):
+        if entry:
+            name, _, folder = entry.partition("@")
+            choices.append(VariantChoice(name.strip(), Path(folder.strip()) if folder.strip() else None))
+    return choices
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     artifacts: Path
     model: str | None = None  # the source checkpoint (None: the embedded tiny model)
-    variants: str = "all"  # what the artifacts hold, or a comma-separated list
+    variants: str = "all"  # what the artifacts hold, or a comma-separated list (NAME or NAME@FOLDER)
     baseline: str | None = None  # None: torch-fp32 on CPU, torch-bf16 on CUDA
     prompts: str = "standard"
     runs: int = 5  # timed runs per stage after one warm-up
@@ -27,7 +50,7 @@ class BenchSettings:
     threads: int | None = None
     out: Path | None = None  # None: <artifacts>/bench (committed evidence is written on purpose)
     name: str | None = None  # None: the artifacts folder's name
-    peer: Path | None = None  # a GGUF of the same decoder, run by llama-bench in the same run
+    peers: tuple[Path, ...] = ()  # GGUFs of the same decoder (e.g. Q4_0, Q4_K_M, Q8_0), run by llama-bench in this run
 
     @property
     def results_folder(self) -> Path:

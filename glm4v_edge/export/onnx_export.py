@@ -11,6 +11,7 @@ interrupted export never leaves a folder that looks complete.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -20,11 +21,12 @@ import torch
 
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
+from glm4v_edge.export.precisions import EIGHT_BIT_BLOCK
 from glm4v_edge.export.settings import ExportSettings
 from glm4v_edge.export.streaming import export_graphs
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import available_memory_bytes, describe_machine, peak_rss_mib
-from glm4v_edge.manifest import write_manifest
+from glm4v_edge.manifest import read_manifest, write_manifest
 from glm4v_edge.names import SHARED_KV_CACHE
 from glm4v_edge.parity import NEW_TOKENS, measure_against_reference
 from glm4v_edge.progress import SILENT, Progress
@@ -89,7 +91,8 @@ def export_command(model: str | None, out: Path, settings: ExportSettings) -> st
     parts = ["glm4v-edge export onnx", *([f"--model {model}"] if model else []), f"--out {out.name}",
              f"--dtypes {','.join(settings.dtypes)}", f"--block-size {settings.q4.block_size}",
              f"--accuracy-level {settings.q4.accuracy_level}", f"--q4-method {settings.q4.method}",
-             *([f"--gptq {settings.q4.gptq}"] if settings.q4.gptq else []),
+             *([f"--gptq {settings.q4.gptq}"] if settings.q4.gptq else []), f"--vocab-bits {settings.q4.vocab_bits}",
+             f"--vision-bits {settings.q4.vision_bits}",
              "--parity" if settings.parity else "--no-parity"]
     return " ".join(parts)
 
@@ -98,21 +101,31 @@ def weights_record(settings: ExportSettings) -> dict[str, str]:
     """Where each precision's weights came from, for the manifest and the model card."""
     q4 = settings.q4
     rounded = f"round-to-nearest, blocks of {q4.block_size}"
-    int4 = {"rtn": rounded,
-            "hqq": f"HQQ (onnxruntime's, data-free), blocks of {q4.block_size}; the embeddings {rounded}",
-            "gptq": f"the decoder's linears from the GPTQ checkpoint {Path(q4.gptq or '').name} (its groups); "
-                    f"the vision tower, embeddings and lm_head {rounded}"}[q4.method]
+    vision = (f"the vision encoder {q4.vision_bits}-bit round-to-nearest, blocks of {EIGHT_BIT_BLOCK}"
+              if q4.vision_bits != 4 else f"the vision encoder {rounded}")
+    int4 = {"rtn": [rounded], "hqq": [f"HQQ (onnxruntime's, data-free), blocks of {q4.block_size}"],
+            "gptq": [f"the decoder's linears from the GPTQ checkpoint {Path(q4.gptq or '').name} (its groups)"]
+            }[q4.method]
+    if q4.vision_bits != 4 or q4.method == "gptq":
+        int4.append(vision)
+    # The vocabulary: HQQ has no Gather, and GPTQ checkpoints keep the embeddings and lm_head unquantized.
+    if q4.vocab_bits != 4:
+        int4.append(f"the embeddings and lm_head {q4.vocab_bits}-bit round-to-nearest, blocks of {EIGHT_BIT_BLOCK}")
+    elif q4.method != "rtn":
+        int4.append(f"the embeddings{' and lm_head' if q4.method == 'gptq' else ''} {rounded}")
     described = {"fp32": "the source checkpoint's", "fp16": "the source checkpoint's, cast to fp16",
-                 "int8": "dynamic int8 (per channel) of the source checkpoint's", "q4": f"int4: {int4}",
-                 "q4f16": f"int4: {int4}; fp16 activations"}
+                 "int8": "dynamic int8 (per channel) of the source checkpoint's", "q4": f"int4: {'; '.join(int4)}",
+                 "q4f16": f"int4: {'; '.join(int4)}; fp16 activations"}
     return {dtype: described[dtype] for dtype in settings.dtypes}
 
 
 def export_onnx(
     model: str | Path | None, out: str | Path, settings: ExportSettings = ExportSettings(), *,
-    overwrite: bool = False, progress: Progress = SILENT,
+    overwrite: bool = False, keep_variants: tuple[str, ...] = (), progress: Progress = SILENT,
 ) -> dict:
-    """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest."""
+    """Export ``model`` (hub id, folder or None for the embedded model) to ``out``; return the manifest.
+    ``keep_variants``: quantized checkpoints ``out`` already holds (``glm4v-edge build`` makes
+    GPTQ's first, for the q4 graphs to carry its weights); they move into the new folder at the end."""
     started = time.perf_counter()
     check_torch_version()
     settings.q4.check()
@@ -122,16 +135,20 @@ def export_onnx(
     parameters = sum(math.prod(shape) for shape in reader.shapes.values())
     out = Path(out)
     check_free_disk(out, parameters, settings.dtypes)
-    with atomic_directory(out, overwrite) as staging:
+    kept = {name: read_manifest(out)["variants"][name] for name in keep_variants}
+    with atomic_directory(out, overwrite or bool(kept)) as staging:
         save_processor_files(source, staging)
         export_graphs(reader, staging, settings.dtypes, settings.q4, progress=progress)
         layout = {"dtypes": list(settings.dtypes), "kv_cache": SHARED_KV_CACHE}
         write_manifest(staging, layout)  # provisional: lets the ONNX variant load
         record = measure_parity(source, staging, settings, parameters, progress) if settings.parity else {
             "measured": False, "reason": "--no-parity"}
+        for entry in kept.values():
+            os.replace(out / entry["folder"], staging / entry["folder"])
         manifest = write_manifest(staging, {
             "source": source_record(source, config),
             **layout,
+            **({"variants": kept} if kept else {}),
             "q4": asdict(settings.q4),
             "weights": weights_record(settings),
             "parity": record,

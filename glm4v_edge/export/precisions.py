@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +18,12 @@ from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
+from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.settings import Q4Settings
+from glm4v_edge.names import VISION_OUTPUT
 
 if TYPE_CHECKING:
     from glm4v_edge.export.gptq_weights import NBitsWeight
@@ -51,14 +55,11 @@ def quiet_converters() -> Iterator[None]:
 @cache
 def int4_quantizer() -> ModuleType:
     """onnxruntime's ``matmul_nbits_quantizer`` module, imported without the
-    ``logging.basicConfig(level=INFO)`` it runs at import: that would print every graph pass
-    of the export (onnx_ir logs each initializer it deduplicates) for the rest of the process."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    module = importlib.import_module("onnxruntime.quantization.matmul_nbits_quantizer")
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    return module
+    ``logging.basicConfig(level=INFO)`` it runs at import (``checkpoint.kept_root_logger``)."""
+    from glm4v_edge.checkpoint import kept_root_logger
+
+    with kept_root_logger():
+        return importlib.import_module("onnxruntime.quantization.matmul_nbits_quantizer")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -171,14 +172,18 @@ WeightSource = Callable[[onnx.TensorProto], "NBitsWeight | None"]
 def to_q4(model: onnx.ModelProto, settings: Q4Settings, weights: WeightSource | None = None) -> onnx.ModelProto:
     """Every MatMul and Gather weight in int4 (MatMulNBits, GatherBlockQuantized): round-to-nearest
     (``settings.method`` rtn), HQQ's data-free optimised scales and zero points (hqq; the Gathers
-    round to nearest, HQQ has no Gather), and ``weights``' own where it has them."""
+    round to nearest, HQQ has no Gather), and ``weights``' own where it has them; the vocabulary
+    matrices and the vision encoder's linears in 8 bits where ``settings`` says so."""
     module = int4_quantizer()
     model = gemm_to_matmul(model)
+    if eight_bit := nodes_in_8bit(model, settings):  # first: the 4-bit passes below then leave these alone
+        model = in_8bit(model, eight_bit, settings)
     if settings.method == "hqq":
         hqq = module.HQQWeightOnlyQuantConfig(block_size=settings.block_size, bits=4, op_types_to_quantize=("MatMul",))
         model = _quantized(module.MatMulNBitsQuantizer(model, algo_config=hqq))
         for node in model.graph.node:  # HQQ's nodes leave the compute precision unset (fp32 activations)
-            if node.op_type == "MatMulNBits" and settings.accuracy_level:
+            if node.op_type == "MatMulNBits" and settings.accuracy_level and \
+                    not any(a.name == "accuracy_level" for a in node.attribute):
                 node.attribute.append(onnx.helper.make_attribute("accuracy_level", settings.accuracy_level))
     quantizer = module.MatMulNBitsQuantizer(
         model, bits=4, block_size=settings.block_size, is_symmetric=settings.symmetric,
@@ -225,3 +230,83 @@ def given_weights_quantizer() -> type:
             return self.given.packed, self.given.scales.astype(fp32weight.dtype), self.given.zero_points
 
     return GivenWeightsQuantizer
+
+
+# Graph outputs computed straight from a vocabulary matrix (a Cast may sit between, in fp16 graphs).
+VOCABULARY_OUTPUTS = {"logits": "MatMul", "inputs_embeds": "Gather"}
+EIGHT_BIT_BLOCK = 128  # 8-bit rounding hardly depends on the block; 128 divides every GLM-4.1V width
+VOCAB_ROWS_PER_STEP = 4096  # rows of the embedding quantized at a time (bounded temporaries)
+
+
+def vocabulary_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The lm_head MatMul and the token embeddings' Gather, whichever this graph holds."""
+    producer = {output: node for node in model.graph.node for output in node.output}
+    found = []
+    for output in model.graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.op_type == "Cast":
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type == VOCABULARY_OUTPUTS.get(output.name):
+            found.append(node)
+    return found
+
+
+def nodes_in_8bit(model: onnx.ModelProto, settings: Q4Settings) -> list[onnx.NodeProto]:
+    """What ``settings`` keeps at 8 bits in this graph: the vocabulary matrices (``vocab_bits``),
+    every linear of the vision encoder (``vision_bits``)."""
+    chosen = vocabulary_nodes(model) if settings.vocab_bits == 8 else []
+    if settings.vision_bits == 8 and any(output.name == VISION_OUTPUT for output in model.graph.output):
+        chosen += [node for node in model.graph.node if node.op_type == "MatMul"]
+    return chosen
+
+
+def in_8bit(model: onnx.ModelProto, nodes: list[onnx.NodeProto], settings: Q4Settings) -> onnx.ModelProto:
+    """MatMuls as 8-bit MatMulNBits (onnxruntime's quantizer) and Gathers as 8-bit
+    GatherBlockQuantized (onnxruntime's quantizer writes only 4-bit Gathers)."""
+    if chosen := {node.name for node in nodes if node.op_type == "MatMul"}:
+        # the quantizer takes every node of its op types, so all other MatMuls are named as excluded
+        others = [node.name for node in model.graph.node if node.op_type == "MatMul" and node.name not in chosen]
+        model = _quantized(int4_quantizer().MatMulNBitsQuantizer(
+            model, bits=8, block_size=EIGHT_BIT_BLOCK, is_symmetric=settings.symmetric,
+            accuracy_level=settings.accuracy_level, nodes_to_exclude=others, op_types_to_quantize=("MatMul",)))
+    for node in nodes:
+        if node.op_type == "Gather":
+            gather_in_8bit(model, node)
+    return model
+
+
+def gather_in_8bit(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
+    """``Gather(table, ids)`` on a constant (rows, width) table -> GatherBlockQuantized with uint8
+    codes, symmetric per block of ``EIGHT_BIT_BLOCK`` along the width: ``(q - 128) * scale``."""
+    from onnx import helper, numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    table = initializers.get(node.input[0])
+    if table is None or len(table.dims) != 2:
+        return
+    values = numpy_helper.to_array(table)
+    rows, width = values.shape
+    block = math.gcd(width, EIGHT_BIT_BLOCK)  # a power of two dividing the width
+    if block < 16:
+        raise Glm4vEdgeError(f"the {table.name} table is {width} wide: 8-bit blocks need a multiple of 16")
+    codes = np.empty((rows, width), dtype=np.uint8)
+    scales = np.empty((rows, width // block), dtype=values.dtype)
+    for start in range(0, rows, VOCAB_ROWS_PER_STEP):
+        chunk = values[start:start + VOCAB_ROWS_PER_STEP].astype(np.float32).reshape(-1, width // block, block)
+        scale = np.abs(chunk).max(axis=-1, keepdims=True) / 127
+        scale[scale == 0] = 1  # an all-zero block: any scale gives zeros back
+        codes[start:start + len(chunk)] = (np.clip(np.rint(chunk / scale), -127, 127) + 128).reshape(len(chunk), width)
+        scales[start:start + len(chunk)] = scale[..., 0]
+    del values
+    zero_points = np.full(scales.shape, 128, dtype=np.uint8)
+    names = (f"{table.name}_Q8", f"{table.name}_scales", f"{table.name}_zero_points")
+    model.graph.initializer.remove(table)
+    model.graph.initializer.extend(numpy_helper.from_array(array, name)
+                                   for array, name in zip((codes, scales, zero_points), names))
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+    quantized = helper.make_node("GatherBlockQuantized", [names[0], node.input[1], names[1], names[2]],
+                                 list(node.output), name=node.name + "_Q8", domain="com.microsoft",
+                                 bits=8, block_size=block, gather_axis=axis, quantize_axis=1)
+    index = list(model.graph.node).index(node)
+    model.graph.node.remove(node)
+    model.graph.node.insert(index, quantized)

@@ -27,8 +27,16 @@ class Q4Settings:
     # at its group size; everything else round to nearest).
     method: str = "rtn"
     gptq: str | None = None
+    # Bits of the vocabulary matrices (the token embeddings' Gather and lm_head's MatMul): 4, or 8
+    # (GatherBlockQuantized / MatMulNBits at 8 bits). They are the least compressible weights: on
+    # the embedded model their rounding is most of the int4 export's KL from fp32.
+    vocab_bits: int = 4
+    vision_bits: int = 4  # the vision encoder's linears: 4, or 8 (MatMulNBits at 8 bits)
 
     def check(self) -> None:
+        for option, bits in (("--vocab-bits", self.vocab_bits), ("--vision-bits", self.vision_bits)):
+            if bits not in PART_BITS:
+                raise Glm4vEdgeError(f"{option} {bits}: choose {' or '.join(map(str, PART_BITS))}")
         if self.method not in Q4_METHODS:
             raise Glm4vEdgeError(f"unknown q4 method {self.method!r}; choose {', '.join(Q4_METHODS)}")
         if (self.method == "gptq") != (self.gptq is not None):
@@ -37,6 +45,7 @@ class Q4Settings:
 
 
 Q4_METHODS = ("rtn", "hqq", "gptq")
+PART_BITS = (4, 8)  # what --vocab-bits and --vision-bits take
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,33 @@ def parse_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
+def matrix_bits_per_weight(path: Path) -> float | None:
+    """Stored bits per weight of a graph's constant matrices (MatMul / MatMulNBits: the decoder's
+    linears and lm_head), scales and zero points included: what a decode step reads per weight."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+    packed = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+    def bits(name: str) -> int:
+        tensor = tensors[name]
+        item = 4 if tensor.data_type in packed else 8 * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        return item * int(np.prod(tensor.dims, dtype=np.int64))
+
+    stored = weights = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            sizes = {a.name: a.i for a in node.attribute if a.name in ("K", "N")}
+            stored += sum(bits(name) for name in node.input[1:4] if name in tensors)
+            weights += sizes["K"] * sizes["N"]
+        elif node.op_type in ("MatMul", "MatMulInteger") and node.input[1] in tensors \
+                and len(tensors[node.input[1]].dims) == 2:
+            stored += bits(node.input[1])  # int8's per-channel scales live outside the node: not counted
+            weights += int(np.prod(tensors[node.input[1]].dims, dtype=np.int64))
+    return round(stored / weights, 3) if weights else None
+
+
 class Graph:
     """One ONNX session plus IO binding on the chosen device: inputs, outputs and the KV cache
     stay there between steps (on the GPU, the cache never crosses to the host)."""
@@ -196,7 +223,9 @@ class OnnxVariant:
         suffix = "" if vision_dtype == dtype else f"+vision-{vision_dtype}"
         self.name = name or onnx_variant(dtype) + suffix
         self.details = {"dtype": dtype, "vision_dtype": vision_dtype, "device": self.device,
-                        "providers": self.decoder.session.get_providers(), "onnxruntime": ort.__version__}
+                        "providers": self.decoder.session.get_providers(), "onnxruntime": ort.__version__,
+                        "decoder_bits_per_weight": matrix_bits_per_weight(self.decoder.path),
+                        "weights": self.manifest.get("weights", {}).get(dtype)}
 
     def _graph(self, graph: str, dtype: str, threads: int | None) -> Graph:
         name = graph_file(graph, dtype)

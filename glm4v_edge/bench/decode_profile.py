@@ -1,0 +1,141 @@
+"""Where one decode step of an exported decoder goes, by operator type, with onnxruntime's
+profiler (``glm4v-edge bench decode-profile``).
+
+Each build's decoder graph runs one new token after ``past`` cached positions (random embeddings
+and cache: the work does not depend on the values), ``steps`` times after warm-up, on ``threads``
+intra-op threads. Recorded per graph: the median and p90 step time without profiling, then the
+profiler's kernel time per operator type per step (profiling adds overhead: read the shares).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from glm4v_edge.bench.records import heading, new_record, plain, record_name, table
+from glm4v_edge.progress import SILENT, Progress
+
+KIND = "decode-profile"
+WARM_UP_STEPS = 3
+FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class DecodeProfileSettings:
+    artifacts: dict[str, Path]  # label -> an `export onnx` folder (or hub repo)
+    dtype: str = "q4"
+    past: int = 128  # cached positions before the timed token
+    steps: int = 40
+    threads: int | None = None  # None: every core this process may use
+    out: Path | None = None
+    name: str | None = None
+
+
+def decode_inputs(session, past: int) -> dict[str, np.ndarray]:
+    """One new token's inputs after ``past`` random cached positions, shaped as the graph says."""
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for value in session.get_inputs():
+        if value.name == "inputs_embeds":
+            inputs[value.name] = rng.standard_normal((1, 1, value.shape[-1])).astype(FLOAT_TYPES[value.type])
+        elif value.name == "attention_mask":
+            inputs[value.name] = np.ones((1, past + 1), np.int64)
+        elif value.name == "position_ids":
+            inputs[value.name] = np.full((3, 1, 1), past, np.int64)
+        elif value.name == "num_logits_to_keep":
+            inputs[value.name] = np.array(1, np.int64)
+        else:  # past_key_values.N.key / value: (batch, kv_heads, past, head_dim)
+            shape = (1, value.shape[1], past, value.shape[3])
+            inputs[value.name] = rng.standard_normal(shape).astype(FLOAT_TYPES[value.type])
+    return inputs
+
+
+def step_times_ms(session, inputs: dict, steps: int) -> list[float]:
+    for _ in range(WARM_UP_STEPS):
+        session.run(None, inputs)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        session.run(None, inputs)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def kernel_time_by_op(events: list[dict]) -> tuple[collections.Counter, collections.Counter]:
+    """Microseconds and node runs per operator type, from a profile's kernel events."""
+    by_op, nodes = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"]
+            nodes[event["args"]["op_name"]] += 1
+    return by_op, nodes
+
+
+def profile_graph(path: Path, past: int, steps: int, threads: int) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = decode_inputs(session, past)
+    times = step_times_ms(session, inputs, steps)
+    with tempfile.TemporaryDirectory() as folder:  # a second session: profiling slows every step
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        step_times_ms(profiled, inputs, steps)
+        by_op, nodes = kernel_time_by_op(json.loads(Path(profiled.end_profiling()).read_text()))
+    runs, total = steps + WARM_UP_STEPS, sum(by_op.values())
+    return {
+        "graph": str(path), "past": past, "threads": threads, "steps": steps,
+        "step_ms": {"median": round(float(np.median(times)), 2), "p90": round(float(np.percentile(times, 90)), 2)},
+        "profiled_kernel_ms_per_step": round(total / runs / 1000, 2),
+        "by_op": {op: {"ms_per_step": round(us / runs / 1000, 3), "nodes": nodes[op] // runs,
+                       "share": round(us / total, 3)} for op, us in by_op.most_common()},
+    }
+
+
+def decoder_graph(artifacts: str | Path, dtype: str) -> Path:
+    from glm4v_edge.bench.onnx_build import onnx_folder
+    from glm4v_edge.names import graph_file
+
+    return onnx_folder(artifacts, dtype) / graph_file("decoder_model_merged", dtype)
+
+
+def measure_decode_profile(settings: DecodeProfileSettings, progress: Progress = SILENT) -> dict:
+    import onnxruntime as ort
+
+    from glm4v_edge.bench.bandwidth import default_threads
+
+    settings = replace(settings, threads=settings.threads or default_threads())
+    graphs = {label: decoder_graph(folder, settings.dtype) for label, folder in settings.artifacts.items()}
+    progress.start(KIND, len(graphs))
+    results = {}
+    for label, graph in graphs.items():
+        progress.step(f"{label}: {settings.steps} steps after {settings.past} cached positions, then profiled")
+        results[label] = profile_graph(graph, settings.past, settings.steps, settings.threads)
+    name = record_name(settings.name, KIND, *settings.artifacts.values())
+    record = new_record(KIND, name, "one decode step by operator type (onnxruntime profiler)", plain(settings))
+    return {**record, "onnxruntime": ort.__version__, "results": results}
+
+
+def markdown(record: dict, top: int = 4) -> str:
+    rows = []
+    for label, result in record["results"].items():
+        ops = ", ".join(f"{op} {row['ms_per_step']:.2f} ({row['share']:.0%})"
+                        for op, row in list(result["by_op"].items())[:top])
+        rows.append([label, f"{result['step_ms']['median']:.2f} ({result['step_ms']['p90']:.2f})",
+                     result["profiled_kernel_ms_per_step"], ops])
+    lines = heading(record) + table(["build", "step ms (p90)", "profiled kernel ms/step",
+                                     f"top {top} operators: ms/step (share)"], rows)
+    settings = record["settings"]
+    lines += ["", f"onnx-{settings['dtype']} decoder, one token after {settings['past']} cached positions, "
+              f"{settings['threads']} threads, onnxruntime {record['onnxruntime']}."]
+    return "\n".join(lines) + "\n"

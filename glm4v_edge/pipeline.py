@@ -15,9 +15,10 @@ from glm4v_edge.quant.settings import GptqSettings
 ARTIFACTS_ROOT = Path("artifacts")  # git-ignored: a build never touches committed files
 
 
-# The build's int4: GPTQ's calibrated weights in the q4 graphs, the vocabulary matrices in 8 bits
-# (benchmarks/results/q4-tradeoff-tiny-*: the most faithful int4 measured, at round-to-nearest's speed).
-BUILD_Q4 = Q4Settings(method="gptq", vocab_bits=8, block_size=128)
+# The build's int4: GPTQ's calibrated weights in the q4 graphs, the vocabulary matrices and the vision
+# encoder (what GPTQModel leaves unquantized) at 8 bits: the most faithful int4 measured, at
+# round-to-nearest's speed (benchmarks/results/q4-tradeoff-tiny-*, 9b-q4-block-sizes-*).
+BUILD_Q4 = Q4Settings(method="gptq", vocab_bits=8, vision_bits=8, block_size=128)
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,9 @@ def test_build_ships_gptq_weights_as_its_onnx_q4(tmp_path):
     assert manifest["dtypes"] == ["q4"] and list(manifest["variants"]) == ["gptq-int4"]
     assert manifest["q4"]["gptq"] == str(tmp_path / "tiny" / "gptq-int4")
     assert "GPTQ checkpoint gptq-int4" in manifest["weights"]["q4"]
+    assert (manifest["q4"]["vocab_bits"], manifest["q4"]["vision_bits"]) == (8, 8)
+    vision = onnx.load(tmp_path / "tiny" / graph_file("vision_encoder", "q4"), load_external_data=False)
+    assert {attributes(node).get("bits") for node in vision.graph.node if node.op_type == "MatMulNBits"} == {8}
     assert any(name.startswith("gptq-int4/") for name in manifest["files"])
     assert record["summary"]["onnx-q4"]["status"] == "ok" and record["summary"]["gptq-int4"]["status"] == "ok"
     card = (tmp_path / "tiny" / "README.md").read_text()

@@ -10,18 +10,17 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from glm4v_edge.bench.local_server import PeakSampler, status_mib
 from glm4v_edge.bench.records import heading, new_record, plain, table
 from glm4v_edge.progress import SILENT, Progress
 
 KIND = "record"
 GNU_TIME = "/usr/bin/time"
-SAMPLE_S = 0.05
 OUTPUT_TAIL = 3000  # characters of each command's output kept
 
 
@@ -50,28 +49,7 @@ def process_tree(root: int) -> list[int]:
 
 
 def tree_rss_mib(root: int) -> float:
-    from glm4v_edge.bench.local_server import status_mib
-
     return sum(status_mib(pid, "VmRSS") or 0.0 for pid in process_tree(root))
-
-
-class TreeSampler:
-    """The highest resident memory of a process tree, sampled every ``SAMPLE_S`` until ``stop()``."""
-
-    def __init__(self, root: int):
-        self.root, self.peak_mib, self.done = root, 0.0, threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        while not self.done.is_set():
-            self.peak_mib = max(self.peak_mib, tree_rss_mib(self.root))
-            self.done.wait(SAMPLE_S)
-
-    def stop(self) -> float:
-        self.done.set()
-        self.thread.join()
-        return self.peak_mib
 
 
 def run_command(command: str) -> dict:
@@ -83,7 +61,7 @@ def run_command(command: str) -> dict:
             argv = [GNU_TIME, "-v", "-o", report.name, *argv]
         started = time.perf_counter()
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(process.pid)
+        sampler = PeakSampler(lambda: tree_rss_mib(process.pid))
         status = process.wait()
         wall_s = time.perf_counter() - started
         peak_mib = sampler.stop()

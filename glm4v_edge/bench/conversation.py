@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import time
 import urllib.request
 from dataclasses import asdict
@@ -24,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 from glm4v_edge.bench.latency import FILLER, image_of
-from glm4v_edge.bench.local_server import CliServer
+from glm4v_edge.bench.local_server import CliServer, PeakSampler
 from glm4v_edge.bench.report import machine_slug, slug
 from glm4v_edge.bench.settings import ConversationSettings
 from glm4v_edge.errors import Glm4vEdgeError
@@ -33,32 +32,7 @@ from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.thinking import history_text, parse_reply
 
 QUESTIONS = ("Describe the image in detail.", "What else do you see in the image?", "Which colours stand out?")
-SAMPLE_S = 0.05
 LOAD_TIMEOUT_S = 1800  # the 9B loads in about a minute on 2 cores; a cold disk takes longer
-
-
-class MemorySampler:
-    """The server's VmRSS every ``SAMPLE_S``; ``peak()`` since the last ``reset()``."""
-
-    def __init__(self, server: CliServer):
-        self.server, self.highest, self.done = server, 0.0, threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        while not self.done.is_set():
-            self.highest = max(self.highest, self.server.memory_mib() or 0.0)
-            self.done.wait(SAMPLE_S)
-
-    def reset(self) -> None:
-        self.highest = self.server.memory_mib() or 0.0
-
-    def peak(self) -> float:
-        return max(self.highest, self.server.memory_mib() or 0.0)
-
-    def close(self) -> None:
-        self.done.set()
-        self.thread.join()
 
 
 def ask(base_url: str, messages: list[dict], max_tokens: int) -> dict:
@@ -110,7 +84,7 @@ def converse(settings: ConversationSettings, prompt_cache_gb: float, progress: P
     try:
         base_url = server.url(timeout_s=LOAD_TIMEOUT_S)
         load_s = round(time.perf_counter() - server.started, 1)
-        sampler = MemorySampler(server)
+        sampler = PeakSampler(server.memory_mib)  # the server's VmRSS
         ask(base_url, [{"role": "user", "content": "Hello."}], 2)  # warm-up
         history, turns = [], []
         for number, question in enumerate(QUESTIONS):
@@ -121,7 +95,7 @@ def converse(settings: ConversationSettings, prompt_cache_gb: float, progress: P
             turn = ask(base_url, history, settings.max_tokens)
             turns.append({"turn": number + 1, "question": question, **turn, "peak_rss_mib": sampler.peak()})
             history.append({"role": "assistant", "content": answer_for_history(turn["reply"], settings.answer_words)})
-        sampler.close()
+        sampler.stop()
         with urllib.request.urlopen(server.base + "/health", timeout=30) as response:
             health = json.loads(response.read())
         return {"prompt_cache_gb": prompt_cache_gb, "server": "glm4v-edge " + " ".join(server.args[:-2]),

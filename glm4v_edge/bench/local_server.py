@@ -1,5 +1,6 @@
 """A ``glm4v-edge serve`` (or ``demo``) process on a free loopback port, for measurements and tests:
-started at once, waited for with a bound, its memory read from /proc, stopped however it ended."""
+started at once, waited for with a bound, its memory read from /proc, stopped however it ended;
+and the sampler that follows a process's memory while it runs."""
 
 from __future__ import annotations
 
@@ -8,10 +9,40 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+
+SAMPLE_S = 0.05  # how often a PeakSampler reads
+
+
+class PeakSampler:
+    """The highest figure ``read`` gives (a process's memory in MiB; None once it is gone), read
+    every ``SAMPLE_S`` on a thread: ``peak()`` since the last ``reset()``; ``stop()`` ends it."""
+
+    def __init__(self, read: Callable[[], float | None]):
+        self.read, self.highest, self.done = read, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.is_set():
+            self.highest = max(self.highest, self.read() or 0.0)
+            self.done.wait(SAMPLE_S)
+
+    def reset(self) -> None:
+        self.highest = self.read() or 0.0
+
+    def peak(self) -> float:
+        return max(self.highest, self.read() or 0.0)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return self.highest
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from glm4v_edge.errors import Glm4vEdgeError, first_line
@@ -46,14 +45,13 @@ def run_llama_bench(binary: Path, arguments: list[str]) -> tuple[list[dict], flo
     """One llama-bench run: its JSON records and its own peak resident memory (MiB), its VmHWM
     read while it runs (``os.wait4``'s figure would include this process's: a forked child
     starts with its parent's peak)."""
-    from glm4v_edge.bench.local_server import status_mib
+    from glm4v_edge.bench.local_server import PeakSampler, status_mib
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen([str(binary), *arguments, "-o", "json"], stdout=out, stderr=err)
-        peak = 0.0
-        while process.poll() is None:
-            peak = max(peak, status_mib(process.pid, "VmHWM") or 0.0)
-            time.sleep(0.05)
+        sampler = PeakSampler(lambda: status_mib(process.pid, "VmHWM"))
+        process.wait()
+        peak = sampler.stop()
         if process.returncode != 0:
             err.seek(0)
             message = err.read().decode(errors="replace").strip().splitlines() or ["no message"]

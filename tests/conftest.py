@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,39 +19,69 @@ from tests import build_artifacts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("COLUMNS", "200")  # rich tables and error lines unwrapped in captured output
+# One OpenMP thread for torch here and in every child: the background builds share the 2 cores,
+# and OpenMP's waiting threads spin (measured: the suite used ~20 % more CPU, and more wall time).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ONNX_DTYPES = list(build_artifacts.ONNX_DTYPES)
 GPTQ_CALIBRATION = build_artifacts.GPTQ_CALIBRATION
 
 
 class Background:
-    """A slow build in its own process, started at collection and waited for by the first test
-    that needs it, so the tests that need nothing go on meanwhile (2 cores, mostly one busy)."""
+    """A slow build in its own process, started at collection (or once the build it needs is
+    done) and waited for by the first test that needs it, so the tests that need nothing go on
+    meanwhile (2 cores, mostly one busy)."""
 
-    def __init__(self, command: list[str], env: dict[str, str], out: Path):
+    def __init__(self, command: list[str], env: dict[str, str], out: Path, after: Background | None = None):
         self.out = out
         self.log = tempfile.TemporaryFile(mode="w+")
         # One thread: the builds share 2 cores with the tests; more threads would only spin.
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                        cwd=Path(__file__).resolve().parents[1])
+        self.process: subprocess.Popen | None = None
+        self.failure: str | None = None
+
+        def start():
+            if after is not None:
+                try:
+                    after.wait()
+                except RuntimeError as error:
+                    self.failure = str(error)
+                    return
+            self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                            cwd=Path(__file__).resolve().parents[1])
+
+        self.starter = threading.Thread(target=start, daemon=True)
+        self.starter.start()
 
     def wait(self) -> Path:
+        self.starter.join(timeout=1800)
+        if self.failure or self.process is None:
+            raise RuntimeError(f"background build of {self.out.name} not started: {self.failure}")
         if self.process.wait(timeout=1800) != 0:
-            self.log.seek(0)
-            raise RuntimeError(f"background build of {self.out.name} failed:\n{self.log.read()[-4000:]}")
+            raise RuntimeError(f"background build of {self.out.name} failed:\n{self.output()[-4000:]}")
         return self.out
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
 
 
 # fixture -> (command, extra environment) for a build writing into its own folder OUT
 BACKGROUND = {
     "artifacts": lambda out: ([sys.executable, "-m", "tests.build_artifacts", str(out)], {}),
+    # The benchmark end to end on that build, started when it is done (see AFTER).
+    "bench_run": lambda out: ([sys.executable, "-m", "tests.bench_run", str(BUILD_ROOT / "artifacts"), str(out)], {}),
     "in_memory_onnx": lambda out: ([sys.executable, "-m", "tests.reference_export", str(out)], {}),
     # The GPU script's own steps on CPU with the embedded model (tests/test_gpu_script.py).
     "gpu_script_run": lambda out: (["bash", "benchmarks/gpu/run.sh"], {
         "DEVICE": "cpu", "PRESET": "embedded", "RUNS": "1", "OUT": str(out / "results"), "WORK": str(out / "work"),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}),
 }
+AFTER = {"bench_run": "artifacts"}  # a build that starts once another is done
 BUILDS: dict[str, Background] = {}
 BUILD_ROOT = Path(tempfile.mkdtemp(prefix="glm4v-edge-tests-"))
 
@@ -60,18 +91,24 @@ def pytest_collection_modifyitems(session, config, items):
     from tests.servers import ServeProcess
 
     used = {name for item in items for name in getattr(item, "fixturenames", ())}
-    for name in sorted(used & set(BACKGROUND)):
-        BUILDS[name] = Background(*BACKGROUND[name](BUILD_ROOT / name), BUILD_ROOT / name)
+    used |= {AFTER[name] for name in used if name in AFTER}
+    for name in sorted(used & set(BACKGROUND), key=lambda name: name in AFTER):
+        after = BUILDS[AFTER[name]] if name in AFTER else None
+        BUILDS[name] = Background(*BACKGROUND[name](BUILD_ROOT / name), BUILD_ROOT / name, after)
     for name in sorted(used & set(SERVER_ARGS)):
         SERVERS[name] = ServeProcess(*SERVER_ARGS[name]())
-    # The tests that need a background build run last (stable sort: file order kept otherwise).
-    items.sort(key=lambda item: bool(set(getattr(item, "fixturenames", ())) & set(BACKGROUND)))
+    # The tests that need a background build run last, those needing a build that waits for
+    # another after them (stable sort: file order kept otherwise).
+    def order(item) -> tuple[bool, bool]:
+        needs = set(getattr(item, "fixturenames", ())) & set(BACKGROUND)
+        return bool(needs), bool(needs & set(AFTER))
+
+    items.sort(key=order)
 
 
 def pytest_sessionfinish(session, exitstatus):
     for build in BUILDS.values():
-        if build.process.poll() is None:
-            build.process.kill()
+        build.kill()
     for server in SERVERS.values():
         server.stop()
     shutil.rmtree(BUILD_ROOT, ignore_errors=True)
@@ -106,6 +143,12 @@ def artifacts() -> Path:
     """The embedded model built once: every ONNX precision and a GPTQ int4 checkpoint, one manifest
     (tests.build_artifacts). Tests that damage artifacts work on a copy."""
     return BUILDS["artifacts"].wait()
+
+
+@pytest.fixture(scope="session")
+def bench_run() -> tuple[Path, str]:
+    """tests.bench_run's folder (the broken build's copy, with its bench/ results) and its output."""
+    return BUILDS["bench_run"].wait(), BUILDS["bench_run"].output()
 
 
 @pytest.fixture(scope="session")

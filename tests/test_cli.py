@@ -43,6 +43,7 @@ def test_help_and_variants_import_nothing_heavy():
     assert {"torch", "onnx-q4", "gptq-int4", "remote"} <= set(result.stdout.split())
 
 
+@pytest.mark.slow  # ~8 s, a fresh interpreter importing torch (CI runs it); `variants` runs the script by default
 def test_console_script_chat_and_one_line_error(tmp_path):
     sample = run_cli("tiny", "sample", "--out", str(tmp_path), "--type", "color", "--index", "2")
     expected = sample.stdout.split("expected answer: ")[1].split()[0]

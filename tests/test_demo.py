@@ -80,13 +80,13 @@ def test_examples_get_the_right_answer_and_thinking(demo_url, example):
     assert "tokens/s" in answer and "torch-fp32" in answer  # the run's metrics, small under the answer
 
 
-def test_eight_clients_at_once_all_get_their_answer(demo_url):
-    cases = [EXAMPLES[i % 4] for i in range(8)]  # images only: four examples, twice each
+def test_four_clients_at_once_all_get_their_answer(demo_url):
+    cases = EXAMPLES[:4]  # images only, one generation at a time per variant: three wait in the queue
 
     def one(example):
         return example, ask(Client(demo_url, verbose=False), example.question, example.files)
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(len(cases)) as pool:
         results = list(pool.map(one, cases, timeout=600))
     for example, chat in results:
         assert example.answer in assistant_parts(chat)[1]

@@ -4,7 +4,10 @@ variant benchmarked against torch fp16 in its own process), only the device and 
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow  # ~2.3 min of CPU in the background: the script is for GPU machines (CI runs it)
 def test_every_variant_is_measured_against_fp16(gpu_script_run):
     record = json.loads(next((gpu_script_run / "results").glob("gpu-embedded-*.json")).read_text())
     assert record["baseline"] == "torch-fp16" and record["settings"]["prompts"] == "gpu"

@@ -172,8 +172,9 @@ def test_too_little_disk_is_refused_before_any_download(stub, artifacts, tmp_pat
 
 
 def test_a_space_serves_a_model_repo(stub, artifacts, tmp_path):
-    """app.py as a Space runs it with GLM4V_EDGE_ARTIFACTS=user/repo: the picker offers the repo's
-    variants, choosing onnx-q4 downloads its files (huggingface_hub in the Space's process), it answers."""
+    """app.py as a Space runs it, its settings from the environment, GLM4V_EDGE_ARTIFACTS=user/repo:
+    choosing onnx-q4 downloads its files alone (huggingface_hub in the Space's process) and it
+    answers."""
     import os
     import subprocess
     import sys
@@ -197,11 +198,20 @@ def test_a_space_serves_a_model_repo(stub, artifacts, tmp_path):
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             assert "**onnx-q4** ready" in client.predict("onnx-q4", api_name="/select_variant")
             example = load_examples()[0]
-            chat, _ = client.predict({"text": example.question, "files": [handle_file(str(example.files[0]))]}, [],
-                                     "onnx-q4", "", 8192, 128, 0.0, 1.0, api_name="/chat")
-            assert example.answer in "".join(part["text"] for part in chat[-1]["content"])
+
+            def answer(variant: str) -> str:
+                chat, _ = client.predict({"text": example.question, "files": [handle_file(str(example.files[0]))]},
+                                         [], variant, "", 8192, 128, 0.0, 1.0, api_name="/chat")
+                return "".join(part["text"] for part in chat[-1]["content"])
+
+            assert example.answer in answer("onnx-q4")
+            fetched = sorted({path for _, path in stub.fetched})
+            assert fetched == sorted([MANIFEST, *files_for(read_manifest(artifacts), "onnx-q4")])
+            # The repo's GPTQ checkpoint is offered too (its packages are installed here); loading it
+            # from the hub is tested in process (test_those_files_are_enough_to_answer).
+            offered = {value for component in client.config["components"]
+                       for _, value in component.get("props", {}).get("choices") or []}
+            assert {"onnx-q4", "gptq-int4"} <= offered, offered
         finally:
             process.terminate()
             process.wait(timeout=30)
-    fetched = sorted({path for _, path in stub.fetched})
-    assert fetched == sorted([MANIFEST, *files_for(read_manifest(artifacts), "onnx-q4")])

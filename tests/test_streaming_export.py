@@ -21,6 +21,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # its reference export costs ~36 s of CPU beside the default suite (CI runs it)
 def test_same_files_as_the_in_memory_export(artifacts, in_memory_onnx):
     """Every graph of every precision, byte for byte: graphs, initializers and their order."""
     reference = in_memory_onnx

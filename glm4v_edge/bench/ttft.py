@@ -54,7 +54,7 @@ def timed_question(variant, question: dict, runs: int) -> tuple[dict, dict]:
 
     batch = build_batch(variant.processor, [[question]])
     times = [first_token_s(variant, question) for _ in range(runs)]
-    return batch, {"ttft_s": round(statistics.median(times), 2), "runs": [round(t, 2) for t in times]}
+    return batch, {"ttft_s": round(statistics.median(times), 3), "runs": [round(t, 3) for t in times]}
 
 
 def image_question(size: int) -> dict:
@@ -113,7 +113,7 @@ def measure_ttft(settings: TtftSettings, progress: Progress = SILENT) -> dict:
     started = time.perf_counter()
     variant = load_from(settings.variant, settings.model, settings.artifacts, device="cpu", threads=settings.threads,
                         cpu_profile=False)
-    load_s = round(time.perf_counter() - started, 1)
+    load_s = round(time.perf_counter() - started, 2)
     remove_max_pixels(variant.processor)
     progress.step(f"warm-up at {settings.sizes[0]} px")
     first_token_s(variant, image_question(settings.sizes[0]))

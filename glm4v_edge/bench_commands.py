@@ -13,6 +13,7 @@ from glm4v_edge.bench.decode_depth import DecodeDepthSettings
 from glm4v_edge.bench.decode_profile import DecodeProfileSettings
 from glm4v_edge.bench.settings import BenchSettings, ConversationSettings
 from glm4v_edge.bench.space_check import SpaceCheckSettings
+from glm4v_edge.bench.stage_profile import StageProfileSettings
 from glm4v_edge.bench.ttft import TtftSettings
 from glm4v_edge.bench.vision_memory import VisionMemorySettings
 from glm4v_edge.cli_options import ArtifactsOption, DeviceOption, ModelOption, ThreadsOption, VariantOption
@@ -176,6 +177,24 @@ def bench_decode_profile(
     with progress_bars() as progress:
         record = measure_decode_profile(settings, progress)
     write_and_print(record, markdown, out, next(iter(builds.values())))
+
+
+@bench_app.command("stage-profile")
+def bench_stage_profile(
+    artifacts: BuildOption,
+    dtype: DtypeOption = StageProfileSettings.dtype,
+    size: Annotated[int, typer.Option(min=28, help="The image's side, px.")] = StageProfileSettings.size,
+    decode_steps: Annotated[int, typer.Option(min=1, help="Reply tokens after the first (their mean is the "
+                                              "decode stage).")] = StageProfileSettings.decode_steps,
+    threads: MeasureThreadsOption = None, out: OutOption = None, name: NameOption = None,
+) -> None:
+    """The first answer by stage (vision, prefill, decode step) and operator type, beside this
+    machine's measured compute peaks and read-only bandwidth."""
+    from glm4v_edge.bench.stage_profile import markdown, measure_stage_profile
+    settings = StageProfileSettings(artifacts, dtype, size, decode_steps, threads, out, name)
+    with progress_bars() as progress:
+        record = measure_stage_profile(settings, progress)
+    write_and_print(record, markdown, out, artifacts)
 
 
 @bench_app.command("ttft")

@@ -16,8 +16,8 @@ from glm4v_edge.bench.space_check import demo_metrics, reply_text
 from glm4v_edge.errors import Glm4vEdgeError
 from tests.conftest import assert_one_line_error, run_cli
 
-SUBCOMMANDS = ("conversation", "decode-depth", "decode-profile", "ttft", "vision-memory", "space-check", "record",
-               "index")
+SUBCOMMANDS = ("conversation", "decode-depth", "decode-profile", "stage-profile", "ttft", "vision-memory",
+               "space-check", "record", "index")
 
 
 def measure(*args: str, out: Path) -> dict:
@@ -73,6 +73,32 @@ def test_decode_profile_splits_a_step_by_operator(artifacts, tmp_path):
     assert profile["step_ms"]["median"] > 0 and profile["past"] == 8
     assert "MatMulNBits" in profile["by_op"] and sum(op["share"] for op in profile["by_op"].values()) == \
         pytest.approx(1, abs=0.02)
+
+
+def test_stage_profile_counts_each_stage_against_the_machine(artifacts, tmp_path):
+    record = measure("stage-profile", "--artifacts", str(artifacts), "--size", "112", "--decode-steps", "2",
+                     "--threads", "1", out=tmp_path)
+    assert record["image_tokens"] == 16 and record["ttft_s"] > 0 and record["decode_ms_per_token"] > 0
+    peak = record["peak"]
+    assert peak["int8_gmacs"] == max(rate for name, rate in peak["gemm_gmacs"].items() if name.startswith("int8"))
+    assert peak["read_bandwidth_gbs"] == max(peak["read_gbs"].values()) > 0
+    stages = record["stages"]
+    assert set(stages) == {"vision", "prefill", "decode_step"}
+    # Counted from the shapes each node ran with, exactly: every decoder linear once per prompt
+    # token, lm_head for the last one (int8 arithmetic); causal attention over the prompt (float).
+    text = json.loads((artifacts / "config.json").read_text())["text_config"]
+    width, heads, kv_heads = text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"]
+    head_dim, layers, mlp = width // heads, text["num_hidden_layers"], text["intermediate_size"]
+    per_token = layers * (2 * width * width + 2 * width * kv_heads * head_dim + 3 * width * mlp)
+    prompt, lm_head = record["prompt_tokens"], width * text["vocab_size"]
+    assert stages["prefill"]["macs"] == {"int8": prompt * per_token + lm_head,
+                                         "float": 2 * heads * head_dim * layers * prompt * (prompt + 1) // 2}
+    assert stages["decode_step"]["macs"]["int8"] == per_token + lm_head
+    for result in stages.values():
+        assert result["run_ms"] >= result["bound_ms"] > 0  # nothing beats its bound
+        assert result["bound_ms"] == max(result["compute_bound_ms"], result["read_bound_ms"])
+        assert "MatMulNBits" in result["by_op_ms"]
+    assert "vision" in index_entries(tmp_path)[0].what
 
 
 def test_vision_memory_runs_each_case_in_its_own_process(artifacts, tmp_path):

@@ -85,6 +85,12 @@ def describe_decode_profile(record: dict) -> str:
     return f"{_what(record)}: {_names(record['results'])}"
 
 
+def describe_stage_profile(record: dict) -> str:
+    settings = _settings(record)
+    return (f"{_what(record)}: onnx-{settings.get('dtype')}, a {settings.get('size')}px image, "
+            f"{settings.get('threads')} threads; {_names(record['stages'])}")
+
+
 def describe_vision_memory(record: dict) -> str:
     cases = [f"{model} ({_names(sizes)})" for model, sizes in record["results"].items()]
     return f"{_what(record)}: {_settings(record)['dtype']}; {'; '.join(cases)}"
@@ -125,6 +131,7 @@ KINDS = [
     Kind("space-check", frozenset({"demo_shows"}), _made_by("space-check", "space_check.py"), describe_space_check),
     Kind("decode-profile", frozenset({"onnxruntime", "results"}), _made_by("decode-profile", "decode_profile.py"),
          describe_decode_profile),
+    Kind("stage-profile", frozenset({"stages", "peak"}), "`glm4v-edge bench stage-profile`", describe_stage_profile),
     Kind("ttft", frozenset({"variant", "load_s", "results"}), _made_by("ttft", "cpu_profile_ttft.py"),
          describe_ttft),
     Kind("vision-memory", frozenset({"dtype", "results"}), _made_by("vision-memory", "vision_memory.py"),

@@ -1,0 +1,159 @@
+"""What this machine can do at most, measured with the threads the variants use: the arithmetic
+peaks of onnxruntime's own GEMM kernels (fp32, and int8 through each kernel our graphs can run
+int8 arithmetic with) and the read-only memory bandwidth.
+
+These are the rates the stage profile (``stage_profile.py``) divides a stage's multiply-adds and
+bytes by. A peak is the best of ``runs`` timed runs of each kernel on large square matrices; the
+int8 peak is the fastest of MatMulInteger and MatMulNBits at 8 and 4 bits with int8 arithmetic
+(accuracy level 4), so no int8 node of a graph can run faster than it. The read bandwidth is the
+fastest of several read-only loops over an array far past any cache (numpy reductions split over
+the threads, onnxruntime's ReduceMax, and onnxruntime's MatMulNBits on one row: a decode step's own
+kernel and shape, on weights alone): a decode step that reads its weights once cannot beat bytes / it.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+GEMM_SIZE = 2048  # M = K = N: past the caches, long enough to time (17 G multiply-adds per run)
+READ_BYTES = 512 * 2**20
+
+
+def session(model, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def best_seconds(run, runs: int) -> float:
+    run()  # warm-up: packing, allocation
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_model(op: str, weight: np.ndarray, input_type: int, output_type: int):
+    """``Y = op(X, W)`` with W a constant, X (M, K) a graph input (MatMulInteger: zero points 0)."""
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, ["X", "W"], ["Y"])], "gemm",
+        [helper.make_tensor_value_info("X", input_type, [None, weight.shape[0]])],
+        [helper.make_tensor_value_info("Y", output_type, [None, weight.shape[1]])],
+        [numpy_helper.from_array(weight, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def gemm_models(size: int) -> dict[str, tuple]:
+    """kernel name -> (model, input array): fp32 MatMul, MatMulInteger, MatMulNBits 8 and 4 bits."""
+    from onnx import TensorProto
+
+    from glm4v_edge.export.precisions import in_8bit, to_q4
+    from glm4v_edge.export.settings import Q4Settings
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((size, size)).astype(np.float32)
+    activations = rng.standard_normal((size, size)).astype(np.float32)
+    fp32 = matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT)
+    int8 = matmul_model("MatMulInteger", rng.integers(-127, 128, (size, size), dtype=np.int8), TensorProto.UINT8,
+                        TensorProto.INT32)
+    settings = Q4Settings(block_size=128)
+    eight_bit = in_8bit(matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT),
+                        list(fp32.graph.node), settings)
+    four_bit = to_q4(matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT), settings)
+    return {"fp32 MatMul": (fp32, activations), "int8 MatMulInteger": (int8, rng.integers(0, 256, (size, size),
+                                                                                          dtype=np.uint8)),
+            "int8 MatMulNBits 8-bit": (eight_bit, activations), "int8 MatMulNBits 4-bit": (four_bit, activations)}
+
+
+def gemm_peaks(threads: int, size: int = GEMM_SIZE, runs: int = 3) -> dict[str, float]:
+    """Multiply-adds per second (G) of each kernel, best of ``runs``."""
+    peaks = {}
+    for name, (model, activations) in gemm_models(size).items():
+        kernel, feed = session(model, threads), {"X": activations}
+        seconds = best_seconds(lambda kernel=kernel, feed=feed: kernel.run(None, feed), runs)
+        peaks[name] = round(size**3 / seconds / 1e9, 1)
+    return peaks
+
+
+def decode_kernel(threads: int, block: int = 128):
+    """One token through MatMulNBits (4 bits, int8 arithmetic) over READ_BYTES of packed weights,
+    the kernel and shape of a decode step: -> (run, bytes it reads)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = 16384
+    n = READ_BYTES * 2 // k
+    rng = np.random.default_rng(0)
+    packed = rng.integers(0, 256, (n, k // block, block // 2), dtype=np.uint8)
+    scales = np.full(n * k // block, 0.01, np.float32)
+    node = helper.make_node("MatMulNBits", ["X", "B", "S"], ["Y"], domain="com.microsoft", K=k, N=n, bits=4,
+                            block_size=block, accuracy_level=4)
+    graph = helper.make_graph([node], "decode", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n])],
+                              [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    kernel = session(model, threads)
+    activations = rng.standard_normal((1, k)).astype(np.float32)
+    return (lambda: kernel.run(None, {"X": activations})), packed.nbytes + scales.nbytes
+
+
+def read_loops(threads: int) -> dict:
+    """name -> a function reading READ_BYTES once, split over ``threads`` (numpy releases the GIL)."""
+    from onnx import TensorProto, helper
+
+    words = np.ones(READ_BYTES // 8, dtype=np.uint64)
+    floats = words.view(np.float32)
+    bounds = np.linspace(0, len(words), threads + 1).astype(int)
+    parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    pool = ThreadPoolExecutor(threads)
+
+    def split(reduce):
+        return lambda: list(pool.map(reduce, parts))
+
+    reduce_max = helper.make_model(helper.make_graph(
+        [helper.make_node("ReduceMax", ["X"], ["Y"], keepdims=0)], "read",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])]), opset_imports=[helper.make_opsetid("", 21)])
+    kernel = session(reduce_max, threads)
+    decode, decode_bytes = decode_kernel(threads)
+    return {
+        "numpy bitwise_or.reduce": (split(lambda part: np.bitwise_or.reduce(words[part])), READ_BYTES),
+        "numpy float32 max": (split(lambda part: floats[2 * part.start:2 * part.stop].max()), READ_BYTES),
+        "onnxruntime ReduceMax": (lambda: kernel.run(None, {"X": floats}), READ_BYTES),
+        "onnxruntime MatMulNBits, one row": (decode, decode_bytes),
+    }
+
+
+def read_bandwidths(threads: int, runs: int = 5) -> dict[str, float]:
+    """GB/s of each read-only loop, best of ``runs``."""
+    return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in read_loops(threads).items()}
+
+
+def measure_machine_peak(threads: int) -> dict:
+    """The peaks the stage profile is bounded by, with what each best came from."""
+    from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs
+
+    gemm = gemm_peaks(threads)
+    reads = read_bandwidths(threads)
+    int8 = {name: rate for name, rate in gemm.items() if name.startswith("int8")}
+    return {
+        "threads": threads,
+        "gemm_gmacs": gemm,
+        "fp32_gmacs": gemm["fp32 MatMul"],
+        "int8_gmacs": max(int8.values()),
+        "int8_kernel": max(int8, key=int8.get),
+        "read_gbs": reads,
+        "read_bandwidth_gbs": max(reads.values()),
+        "read_loop": max(reads, key=reads.get),
+        "copy_bandwidth_gbs": copy_bandwidth_gbs("cpu", threads=threads),
+    }

@@ -186,12 +186,17 @@ def bench_stage_profile(
     size: Annotated[int, typer.Option(min=28, help="The image's side, px.")] = StageProfileSettings.size,
     decode_steps: Annotated[int, typer.Option(min=1, help="Reply tokens after the first (their mean is the "
                                               "decode stage).")] = StageProfileSettings.decode_steps,
-    threads: MeasureThreadsOption = None, out: OutOption = None, name: NameOption = None,
+    threads: MeasureThreadsOption = None,
+    gemm_size: Annotated[int, typer.Option(min=128, help="The peak's GEMMs: M = K = N (smaller: quicker, less "
+                                           "exact).")] = StageProfileSettings.gemm_size,
+    read_mib: Annotated[int, typer.Option(min=16, help="The read-only loops' array, MiB (keep it past the "
+                                          "caches).")] = StageProfileSettings.read_mib,
+    out: OutOption = None, name: NameOption = None,
 ) -> None:
     """The first answer by stage (vision, prefill, decode step) and operator type, beside this
     machine's measured compute peaks and read-only bandwidth."""
     from glm4v_edge.bench.stage_profile import markdown, measure_stage_profile
-    settings = StageProfileSettings(artifacts, dtype, size, decode_steps, threads, out, name)
+    settings = StageProfileSettings(artifacts, dtype, size, decode_steps, threads, gemm_size, read_mib, out, name)
     with progress_bars() as progress:
         record = measure_stage_profile(settings, progress)
     write_and_print(record, markdown, out, artifacts)

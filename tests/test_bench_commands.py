@@ -77,7 +77,7 @@ def test_decode_profile_splits_a_step_by_operator(artifacts, tmp_path):
 
 def test_stage_profile_counts_each_stage_against_the_machine(artifacts, tmp_path):
     record = measure("stage-profile", "--artifacts", str(artifacts), "--size", "112", "--decode-steps", "2",
-                     "--threads", "1", out=tmp_path)
+                     "--threads", "1", "--gemm-size", "512", "--read-mib", "64", out=tmp_path)
     assert record["image_tokens"] == 16 and record["ttft_s"] > 0 and record["decode_ms_per_token"] > 0
     peak = record["peak"]
     assert peak["int8_gmacs"] == max(rate for name, rate in peak["gemm_gmacs"].items() if name.startswith("int8"))

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-GEMM_SIZE = 2048  # M = K = N: past the caches, long enough to time (17 G multiply-adds per run)
-READ_BYTES = 512 * 2**20
+GEMM_SIZE = 2048  # M = K = N: past the caches, long enough to time (8.6 G multiply-adds per run)
+READ_MIB = 512  # far past any cache
 
 
 def session(model, threads: int):
@@ -85,13 +85,13 @@ def gemm_peaks(threads: int, size: int = GEMM_SIZE, runs: int = 3) -> dict[str, 
     return peaks
 
 
-def decode_kernel(threads: int, block: int = 128):
-    """One token through MatMulNBits (4 bits, int8 arithmetic) over READ_BYTES of packed weights,
-    the kernel and shape of a decode step: -> (run, bytes it reads)."""
+def decode_kernel(threads: int, read_bytes: int, block: int = 128):
+    """One token through MatMulNBits (4 bits, int8 arithmetic) over ``read_bytes`` of packed
+    weights, the kernel and shape of a decode step: -> (run, bytes it reads)."""
     from onnx import TensorProto, helper, numpy_helper
 
     k = 16384
-    n = READ_BYTES * 2 // k
+    n = read_bytes * 2 // k
     rng = np.random.default_rng(0)
     packed = rng.integers(0, 256, (n, k // block, block // 2), dtype=np.uint8)
     scales = np.full(n * k // block, 0.01, np.float32)
@@ -107,11 +107,12 @@ def decode_kernel(threads: int, block: int = 128):
     return (lambda: kernel.run(None, {"X": activations})), packed.nbytes + scales.nbytes
 
 
-def read_loops(threads: int) -> dict:
-    """name -> a function reading READ_BYTES once, split over ``threads`` (numpy releases the GIL)."""
+def read_loops(threads: int, read_bytes: int) -> dict:
+    """name -> (a function reading ``read_bytes`` once, split over ``threads`` (numpy releases the
+    GIL), the bytes it reads)."""
     from onnx import TensorProto, helper
 
-    words = np.ones(READ_BYTES // 8, dtype=np.uint64)
+    words = np.ones(read_bytes // 8, dtype=np.uint64)
     floats = words.view(np.float32)
     bounds = np.linspace(0, len(words), threads + 1).astype(int)
     parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -125,29 +126,30 @@ def read_loops(threads: int) -> dict:
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])]), opset_imports=[helper.make_opsetid("", 21)])
     kernel = session(reduce_max, threads)
-    decode, decode_bytes = decode_kernel(threads)
+    decode, decode_bytes = decode_kernel(threads, read_bytes)
     return {
-        "numpy bitwise_or.reduce": (split(lambda part: np.bitwise_or.reduce(words[part])), READ_BYTES),
-        "numpy float32 max": (split(lambda part: floats[2 * part.start:2 * part.stop].max()), READ_BYTES),
-        "onnxruntime ReduceMax": (lambda: kernel.run(None, {"X": floats}), READ_BYTES),
+        "numpy bitwise_or.reduce": (split(lambda part: np.bitwise_or.reduce(words[part])), words.nbytes),
+        "numpy float32 max": (split(lambda part: floats[2 * part.start:2 * part.stop].max()), words.nbytes),
+        "onnxruntime ReduceMax": (lambda: kernel.run(None, {"X": floats}), words.nbytes),
         "onnxruntime MatMulNBits, one row": (decode, decode_bytes),
     }
 
 
-def read_bandwidths(threads: int, runs: int = 5) -> dict[str, float]:
+def read_bandwidths(threads: int, read_mib: int = READ_MIB, runs: int = 5) -> dict[str, float]:
     """GB/s of each read-only loop, best of ``runs``."""
-    return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in read_loops(threads).items()}
+    loops = read_loops(threads, read_mib * 2**20)
+    return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in loops.items()}
 
 
-def measure_machine_peak(threads: int) -> dict:
+def measure_machine_peak(threads: int, gemm_size: int = GEMM_SIZE, read_mib: int = READ_MIB) -> dict:
     """The peaks the stage profile is bounded by, with what each best came from."""
     from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs
 
-    gemm = gemm_peaks(threads)
-    reads = read_bandwidths(threads)
+    gemm = gemm_peaks(threads, gemm_size)
+    reads = read_bandwidths(threads, read_mib)
     int8 = {name: rate for name, rate in gemm.items() if name.startswith("int8")}
     return {
-        "threads": threads,
+        "threads": threads, "gemm_size": gemm_size, "read_mib": read_mib,
         "gemm_gmacs": gemm,
         "fp32_gmacs": gemm["fp32 MatMul"],
         "int8_gmacs": max(int8.values()),

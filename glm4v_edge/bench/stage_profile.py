@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from glm4v_edge.bench.records import heading, new_record, plain, record_name, table
+from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.progress import SILENT, Progress
 
 KIND = "stage-profile"
@@ -37,6 +38,8 @@ class StageProfileSettings:
     size: int = 784  # the image's side, px
     decode_steps: int = 8  # reply tokens after the first (the decode stage is their mean)
     threads: int | None = None  # None: every core this process may use
+    gemm_size: int = 2048  # the peak's matrices, M = K = N (machine_peak.py)
+    read_mib: int = 512  # the read-only loops' array
     out: Path | None = None
     name: str | None = None
 
@@ -184,7 +187,7 @@ def measure_stage_profile(settings: StageProfileSettings, progress: Progress = S
     settings = replace(settings, threads=settings.threads or default_threads())
     progress.start(KIND, 5)
     progress.step(f"this machine's peaks on {settings.threads} threads")
-    peak = measure_machine_peak(settings.threads)
+    peak = measure_machine_peak(settings.threads, settings.gemm_size, settings.read_mib)
     progress.step(f"loading onnx-{settings.dtype}")
     variant = OnnxVariant(onnx_folder(settings.artifacts, settings.dtype), dtype=settings.dtype,
                           device="cpu", threads=settings.threads)
@@ -210,6 +213,8 @@ def measure_stage_profile(settings: StageProfileSettings, progress: Progress = S
     vision_runs, decoder_runs = runs_of(events["vision"]), runs_of(events["decoder"])
     vision = mean_stage([stage(events["vision"], run, nodes["vision"], 0) for run in vision_runs])
     vision["runs"] = len(vision_runs)
+    if len(decoder_runs) < 2:
+        raise Glm4vEdgeError("the reply ended at its first token: no decode step to profile")
     prefill = stage(events["decoder"], decoder_runs[0], nodes["decoder"], 0)
     decode = mean_stage([stage(events["decoder"], run, nodes["decoder"], prompt_tokens + step)
                          for step, run in enumerate(decoder_runs[1:])])

@@ -91,8 +91,11 @@ def test_stage_profile_counts_each_stage_against_the_machine(artifacts, tmp_path
     head_dim, layers, mlp = width // heads, text["num_hidden_layers"], text["intermediate_size"]
     per_token = layers * (2 * width * width + 2 * width * kv_heads * head_dim + 3 * width * mlp)
     prompt, lm_head = record["prompt_tokens"], width * text["vocab_size"]
-    assert stages["prefill"]["macs"] == {"int8": prompt * per_token + lm_head,
-                                         "float": 2 * heads * head_dim * layers * prompt * (prompt + 1) // 2}
+    attention = 2 * heads * head_dim * layers * prompt * (prompt + 1) // 2
+    assert stages["prefill"]["macs"]["int8"] == prompt * per_token + lm_head
+    # float: the attention, and whatever small float MatMul a graph keeps (with the lowest admitted
+    # onnxruntime the rotary's positions times frequencies stays one: under one linear's worth)
+    assert attention <= stages["prefill"]["macs"]["float"] < attention + prompt * width
     assert stages["decode_step"]["macs"]["int8"] == per_token + lm_head
     for result in stages.values():
         assert result["run_ms"] >= result["bound_ms"] > 0  # nothing beats its bound

@@ -198,13 +198,9 @@ def test_a_space_serves_a_model_repo(stub, artifacts, tmp_path):
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             assert "**onnx-q4** ready" in client.predict("onnx-q4", api_name="/select_variant")
             example = load_examples()[0]
-
-            def answer(variant: str) -> str:
-                chat, _ = client.predict({"text": example.question, "files": [handle_file(str(example.files[0]))]},
-                                         [], variant, "", 8192, 128, 0.0, 1.0, api_name="/chat")
-                return "".join(part["text"] for part in chat[-1]["content"])
-
-            assert example.answer in answer("onnx-q4")
+            chat, _ = client.predict({"text": example.question, "files": [handle_file(str(example.files[0]))]}, [],
+                                     "onnx-q4", "", 8192, 128, 0.0, 1.0, api_name="/chat")
+            assert example.answer in "".join(part["text"] for part in chat[-1]["content"])
             fetched = sorted({path for _, path in stub.fetched})
             assert fetched == sorted([MANIFEST, *files_for(read_manifest(artifacts), "onnx-q4")])
             # The repo's GPTQ checkpoint is offered too (its packages are installed here); loading it

@@ -93,8 +93,8 @@ def test_stage_profile_counts_each_stage_against_the_machine(artifacts, tmp_path
     prompt, lm_head = record["prompt_tokens"], width * text["vocab_size"]
     attention = 2 * heads * head_dim * layers * prompt * (prompt + 1) // 2
     assert stages["prefill"]["macs"]["int8"] == prompt * per_token + lm_head
-    # float: the attention, and whatever small float MatMul a graph keeps (with the lowest admitted
-    # onnxruntime the rotary's positions times frequencies stays one: under one linear's worth)
+    # float: the attention, and whatever small float MatMul a graph keeps (exported with the lowest
+    # admitted onnx and onnxscript, the rotary's frequencies times positions stays one: 936 here)
     assert attention <= stages["prefill"]["macs"]["float"] < attention + prompt * width
     assert stages["decode_step"]["macs"]["int8"] == per_token + lm_head
     for result in stages.values():

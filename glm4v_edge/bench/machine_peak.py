@@ -63,16 +63,20 @@ def gemm_models(size: int) -> dict[str, tuple]:
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((size, size)).astype(np.float32)
     activations = rng.standard_normal((size, size)).astype(np.float32)
-    fp32 = matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT)
-    int8 = matmul_model("MatMulInteger", rng.integers(-127, 128, (size, size), dtype=np.int8), TensorProto.UINT8,
-                        TensorProto.INT32)
+    int8_weight = rng.integers(-127, 128, (size, size), dtype=np.int8)
+    int8_activations = rng.integers(0, 256, (size, size), dtype=np.uint8)
+
+    def fp32():
+        return matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT)
+
     settings = Q4Settings(block_size=128)
-    eight_bit = in_8bit(matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT),
-                        list(fp32.graph.node), settings)
-    four_bit = to_q4(matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT), settings)
-    return {"fp32 MatMul": (fp32, activations), "int8 MatMulInteger": (int8, rng.integers(0, 256, (size, size),
-                                                                                          dtype=np.uint8)),
-            "int8 MatMulNBits 8-bit": (eight_bit, activations), "int8 MatMulNBits 4-bit": (four_bit, activations)}
+    eight_bit = fp32()
+    eight_bit = in_8bit(eight_bit, list(eight_bit.graph.node), settings)
+    return {"fp32 MatMul": (fp32(), activations),
+            "int8 MatMulInteger": (matmul_model("MatMulInteger", int8_weight, TensorProto.UINT8, TensorProto.INT32),
+                                   int8_activations),
+            "int8 MatMulNBits 8-bit": (eight_bit, activations),
+            "int8 MatMulNBits 4-bit": (to_q4(fp32(), settings), activations)}
 
 
 def gemm_peaks(threads: int, size: int = GEMM_SIZE, runs: int = 3) -> dict[str, float]:

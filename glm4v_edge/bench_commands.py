@@ -70,10 +70,14 @@ def joined(numbers: tuple[int, ...]) -> str:
     return ",".join(map(str, numbers))
 
 
-def write_and_print(record: dict, markdown, out: Path | None, artifacts) -> None:
+def measure_and_write(measure, markdown, settings, artifacts) -> None:
+    """``measure(settings, progress)`` under progress bars, then its record and table written to
+    ``settings.out`` (default: beside ``artifacts``) and the files printed."""
     from glm4v_edge.bench.records import results_folder, write_record
 
-    print_written(write_record(record, results_folder(out, artifacts), markdown(record)))
+    with progress_bars() as progress:
+        record = measure(settings, progress)
+    print_written(write_record(record, results_folder(settings.out, artifacts), markdown(record)))
 
 
 @bench_app.callback(invoke_without_command=True)
@@ -156,9 +160,7 @@ def bench_decode_depth(
     from glm4v_edge.bench.decode_depth import markdown, measure_decode_depth
     settings = DecodeDepthSettings(artifacts, dtype, whole_numbers(depths, "--depths"), steps, rounds, threads, peer,
                                    out, name)
-    with progress_bars() as progress:
-        record = measure_decode_depth(settings, progress)
-    write_and_print(record, markdown, out, artifacts)
+    measure_and_write(measure_decode_depth, markdown, settings, artifacts)
 
 
 @bench_app.command("decode-profile")
@@ -174,9 +176,7 @@ def bench_decode_profile(
     from glm4v_edge.bench.decode_profile import markdown, measure_decode_profile
     builds = labelled_builds(artifacts)
     settings = DecodeProfileSettings(builds, dtype, past, steps, threads, out, name)
-    with progress_bars() as progress:
-        record = measure_decode_profile(settings, progress)
-    write_and_print(record, markdown, out, next(iter(builds.values())))
+    measure_and_write(measure_decode_profile, markdown, settings, next(iter(builds.values())))
 
 
 @bench_app.command("stage-profile")
@@ -197,9 +197,7 @@ def bench_stage_profile(
     machine's measured compute peaks and read-only bandwidth."""
     from glm4v_edge.bench.stage_profile import markdown, measure_stage_profile
     settings = StageProfileSettings(artifacts, dtype, size, decode_steps, threads, gemm_size, read_mib, out, name)
-    with progress_bars() as progress:
-        record = measure_stage_profile(settings, progress)
-    write_and_print(record, markdown, out, artifacts)
+    measure_and_write(measure_stage_profile, markdown, settings, artifacts)
 
 
 @bench_app.command("ttft")
@@ -219,9 +217,7 @@ def bench_ttft(
     from glm4v_edge.bench.ttft import markdown, measure_ttft
     settings = TtftSettings(artifacts, model, variant, whole_numbers(sizes, "--sizes"), runs, threads, video_frames,
                             frame_size(video_size), out, name)
-    with progress_bars() as progress:
-        record = measure_ttft(settings, progress)
-    write_and_print(record, markdown, out, artifacts)
+    measure_and_write(measure_ttft, markdown, settings, artifacts)
 
 
 @bench_app.command("vision-memory")
@@ -241,9 +237,7 @@ def bench_vision_memory(
     builds = labelled_builds(artifacts)
     settings = VisionMemorySettings(builds, dtype, whole_numbers(sizes, "--sizes"), video_frames, video_size,
                                     threads, out, name)
-    with progress_bars() as progress:
-        record = measure_vision_memory(settings, progress)
-    write_and_print(record, markdown, out, next(iter(builds.values())))
+    measure_and_write(measure_vision_memory, markdown, settings, next(iter(builds.values())))
 
 
 @bench_app.command("space-check")
@@ -260,9 +254,7 @@ def bench_space_check(
     """The demo as a Space runs it: `glm4v-edge demo` asked one image question through gradio_client."""
     from glm4v_edge.bench.space_check import markdown, measure_space_check
     settings = SpaceCheckSettings(artifacts, model, variant, memory_gb, image_px, max_new_tokens, threads, out, name)
-    with progress_bars() as progress:
-        record = measure_space_check(settings, progress)
-    write_and_print(record, markdown, out, artifacts)
+    measure_and_write(measure_space_check, markdown, settings, artifacts)
 
 
 @bench_app.command("record")

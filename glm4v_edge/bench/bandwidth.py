@@ -22,14 +22,19 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def thread_slices(length: int, threads: int) -> list[slice]:
+    """``length`` items in ``threads`` contiguous parts, one per thread."""
+    bounds = np.linspace(0, length, threads + 1).astype(int)
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def copy_bandwidth_gbs(device: str = "cpu", runs: int = 5, threads: int | None = None) -> float:
     if device.startswith("cuda"):
         return _cuda_copy_bandwidth(device, runs)
     threads = threads or default_threads()
     source = np.ones(COPY_BYTES // 8)
     target = np.empty_like(source)
-    bounds = np.linspace(0, len(source), threads + 1).astype(int)
-    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    slices = thread_slices(len(source), threads)
     best = float("inf")
     with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL while it copies
         for _ in range(runs + 1):

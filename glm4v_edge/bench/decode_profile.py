@@ -13,6 +13,7 @@ import collections
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -67,29 +68,28 @@ def step_times_ms(session, inputs: dict, steps: int) -> list[float]:
     return times
 
 
+def kernel_events(events: list[dict]) -> Iterator[dict]:
+    """A profile's node kernel events (each names its node ``<node>_kernel_time``, its op in args)."""
+    return (event for event in events if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"))
+
+
 def kernel_time_by_op(events: list[dict]) -> tuple[collections.Counter, collections.Counter]:
     """Microseconds and node runs per operator type, from a profile's kernel events."""
     by_op, nodes = collections.Counter(), collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            by_op[event["args"]["op_name"]] += event["dur"]
-            nodes[event["args"]["op_name"]] += 1
+    for event in kernel_events(events):
+        by_op[event["args"]["op_name"]] += event["dur"]
+        nodes[event["args"]["op_name"]] += 1
     return by_op, nodes
 
 
 def profile_graph(path: Path, past: int, steps: int, threads: int) -> dict:
-    import onnxruntime as ort
+    from glm4v_edge.bench.onnx_build import cpu_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(path, threads)
     inputs = decode_inputs(session, past)
     times = step_times_ms(session, inputs, steps)
     with tempfile.TemporaryDirectory() as folder:  # a second session: profiling slows every step
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        profiled = cpu_session(path, threads, Path(folder) / "profile")
         step_times_ms(profiled, inputs, steps)
         by_op, nodes = kernel_time_by_op(json.loads(Path(profiled.end_profiling()).read_text()))
     runs, total = steps + WARM_UP_STEPS, sum(by_op.values())

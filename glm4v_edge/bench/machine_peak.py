@@ -18,17 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs, thread_slices
+from glm4v_edge.bench.onnx_build import cpu_session
+
 GEMM_SIZE = 2048  # M = K = N: past the caches, long enough to time (8.6 G multiply-adds per run)
 READ_MIB = 512  # far past any cache
-
-
-def session(model, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def best_seconds(run, runs: int) -> float:
@@ -83,7 +77,7 @@ def gemm_peaks(threads: int, size: int = GEMM_SIZE, runs: int = 3) -> dict[str, 
     """Multiply-adds per second (G) of each kernel, best of ``runs``."""
     peaks = {}
     for name, (model, activations) in gemm_models(size).items():
-        kernel, feed = session(model, threads), {"X": activations}
+        kernel, feed = cpu_session(model, threads), {"X": activations}
         seconds = best_seconds(lambda kernel=kernel, feed=feed: kernel.run(None, feed), runs)
         peaks[name] = round(size**3 / seconds / 1e9, 1)
     return peaks
@@ -106,21 +100,19 @@ def decode_kernel(threads: int, read_bytes: int, block: int = 128):
                               [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
                                                     helper.make_opsetid("com.microsoft", 1)])
-    kernel = session(model, threads)
+    kernel = cpu_session(model, threads)
     activations = rng.standard_normal((1, k)).astype(np.float32)
     return (lambda: kernel.run(None, {"X": activations})), packed.nbytes + scales.nbytes
 
 
-def read_loops(threads: int, read_bytes: int) -> dict:
-    """name -> (a function reading ``read_bytes`` once, split over ``threads`` (numpy releases the
-    GIL), the bytes it reads)."""
+def read_loops(threads: int, read_bytes: int, pool: ThreadPoolExecutor) -> dict:
+    """name -> (a function reading ``read_bytes`` once, split over ``threads`` (numpy's parts run in
+    ``pool``: numpy releases the GIL), the bytes it reads)."""
     from onnx import TensorProto, helper
 
     words = np.ones(read_bytes // 8, dtype=np.uint64)
     floats = words.view(np.float32)
-    bounds = np.linspace(0, len(words), threads + 1).astype(int)
-    parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-    pool = ThreadPoolExecutor(threads)
+    parts = thread_slices(len(words), threads)
 
     def split(reduce):
         return lambda: list(pool.map(reduce, parts))
@@ -129,7 +121,7 @@ def read_loops(threads: int, read_bytes: int) -> dict:
         [helper.make_node("ReduceMax", ["X"], ["Y"], keepdims=0)], "read",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])]), opset_imports=[helper.make_opsetid("", 21)])
-    kernel = session(reduce_max, threads)
+    kernel = cpu_session(reduce_max, threads)
     decode, decode_bytes = decode_kernel(threads, read_bytes)
     return {
         "numpy bitwise_or.reduce": (split(lambda part: np.bitwise_or.reduce(words[part])), words.nbytes),
@@ -141,14 +133,13 @@ def read_loops(threads: int, read_bytes: int) -> dict:
 
 def read_bandwidths(threads: int, read_mib: int = READ_MIB, runs: int = 5) -> dict[str, float]:
     """GB/s of each read-only loop, best of ``runs``."""
-    loops = read_loops(threads, read_mib * 2**20)
-    return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in loops.items()}
+    with ThreadPoolExecutor(threads) as pool:
+        loops = read_loops(threads, read_mib * 2**20, pool)
+        return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in loops.items()}
 
 
 def measure_machine_peak(threads: int, gemm_size: int = GEMM_SIZE, read_mib: int = READ_MIB) -> dict:
     """The peaks the stage profile is bounded by, with what each best came from."""
-    from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs
-
     gemm = gemm_peaks(threads, gemm_size)
     reads = read_bandwidths(threads, read_mib)
     int8 = {name: rate for name, rate in gemm.items() if name.startswith("int8")}

@@ -1,5 +1,6 @@
 """A build's ONNX graphs of one precision, for the measurements that open graphs themselves:
-checked (one-line errors) before anything loads, and as a local folder."""
+checked (one-line errors) before anything loads, and as a local folder; and the CPU session
+each of those measurements runs a graph in."""
 
 from __future__ import annotations
 
@@ -22,3 +23,18 @@ def onnx_folder(artifacts: str | Path, dtype: str) -> Path:
     from glm4v_edge.hub import artifacts_folder
 
     return artifacts_folder(artifacts, [check_onnx_build(artifacts, dtype)])
+
+
+def cpu_session(graph, threads: int, profile_prefix: Path | None = None):
+    """An onnxruntime CPU session on ``threads`` intra-op threads for ``graph`` (a path, or an
+    ``onnx.ModelProto``), quiet; with ``profile_prefix``, its profiler on (write with end_profiling)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # warnings about unused initializers are noise here
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    source = str(graph) if isinstance(graph, (str, Path)) else graph.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

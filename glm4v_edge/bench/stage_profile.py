@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glm4v_edge.bench.decode_profile import kernel_events
 from glm4v_edge.bench.records import heading, new_record, plain, record_name, table
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.progress import SILENT, Progress
@@ -112,9 +113,8 @@ def stage(events: list[dict], run: dict, nodes: dict[str, NodeInfo], past: int) 
     """One graph run: its time, kernel time and multiply-adds by operator type."""
     end = run["ts"] + run["dur"]
     by_op, macs = collections.Counter(), collections.Counter()
-    for event in events:
-        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time") \
-                or not run["ts"] <= event["ts"] <= end:
+    for event in kernel_events(events):
+        if not run["ts"] <= event["ts"] <= end:
             continue
         op = event["args"]["op_name"]
         by_op[op] += event["dur"]
@@ -149,17 +149,6 @@ def bounded(result: dict, weight_bytes: int, peak: dict) -> dict:
             "bound_ms": round(bound, 2), "times_bound": round(result["run_ms"] / bound, 2) if bound else None}
 
 
-def profiling_session(path: Path, threads: int, prefix: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = str(prefix)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def timed_answer(variant, question: dict, tokens: int) -> tuple[float, list[float]]:
     """Seconds to the first token, then each later token's ms."""
     from glm4v_edge.runtime.variant import Sampling
@@ -176,7 +165,7 @@ def measure_stage_profile(settings: StageProfileSettings, progress: Progress = S
 
     from glm4v_edge.bench.bandwidth import default_threads
     from glm4v_edge.bench.machine_peak import measure_machine_peak
-    from glm4v_edge.bench.onnx_build import onnx_folder
+    from glm4v_edge.bench.onnx_build import cpu_session, onnx_folder
     from glm4v_edge.bench.ttft import image_question
     from glm4v_edge.hub import pinned
     from glm4v_edge.machine import peak_rss_mib
@@ -205,7 +194,7 @@ def measure_stage_profile(settings: StageProfileSettings, progress: Progress = S
     with tempfile.TemporaryDirectory() as folder:
         for name, graph in graphs.items():
             graph.session = None  # one copy of the weights at a time
-            graph.session = profiling_session(graph.path, settings.threads, Path(folder) / name)
+            graph.session = cpu_session(graph.path, settings.threads, Path(folder) / name)
         profiled_ttft_s, _ = timed_answer(variant, question, tokens)
         events = {name: json.loads(Path(graph.session.end_profiling()).read_text()) for name, graph in graphs.items()}
     progress.step("counting multiply-adds")

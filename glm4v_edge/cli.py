@@ -98,6 +98,9 @@ def export_onnx(
     = Q4Settings.vocab_bits,
     vision_bits: Annotated[int, typer.Option(help="q4: bits of the vision encoder's linears (4 or 8).")]
     = Q4Settings.vision_bits,
+    vision_kernel: Annotated[str, typer.Option(help="q4, --vision-bits 8: matmulnbits (8-bit blocks, the most "
+                                               "faithful) or matmulinteger (dynamic int8, the fastest on CPU).")]
+    = Q4Settings.vision_kernel,
     parity: Annotated[bool, typer.Option(help="Measure each precision against the source.")] = ExportSettings.parity,
     overwrite: OverwriteOption = False,
 ) -> None:
@@ -105,7 +108,8 @@ def export_onnx(
     from glm4v_edge.export.onnx_export import export_onnx as run_export
     settings = ExportSettings(parse_dtypes(dtypes), Q4Settings(block_size, accuracy_level, method=q4_method,
                                                                gptq=str(gptq) if gptq else None,
-                                                               vocab_bits=vocab_bits, vision_bits=vision_bits),
+                                                               vocab_bits=vocab_bits, vision_bits=vision_bits,
+                                                               vision_kernel=vision_kernel),
                               parity)
     check_output_folder(out, overwrite)
     with progress_bars() as progress:

@@ -169,11 +169,71 @@ def test_hqq_export_answers(tmp_path):
     assert chat.returncode == 0, chat.stderr
 
 
+def test_convs_over_their_whole_input_become_the_same_matmul():
+    """The patch embedding's Conv3d and the merger's 2x2 Conv2d (kernel = stride = input) compute
+    the same as MatMuls; a Conv that slides over its input is left alone."""
+    from glm4v_edge.export.precisions import convs_over_whole_input_to_matmul
+
+    rng = np.random.default_rng(0)
+    cases = {"patches": ([3, 2, 14, 14], [8, 3, 2, 14, 14], [2, 14, 14]),
+             "merge": ([6, 2, 2], [5, 6, 2, 2], [2, 2]),
+             "slides": ([6, 4, 4], [5, 6, 2, 2], [2, 2])}
+    for name, (per_row, kernel, strides) in cases.items():
+        weight, bias = rng.standard_normal(kernel).astype(np.float32), rng.standard_normal(kernel[0]).astype(np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", kernel_shape=kernel[2:], strides=strides)],
+            name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", *per_row])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        x = rng.standard_normal((7, *per_row)).astype(np.float32)
+        expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        rewritten = convs_over_whole_input_to_matmul(model)
+        ops = [node.op_type for node in rewritten.graph.node]
+        assert ops == (["Conv"] if name == "slides" else ["Reshape", "MatMul", "Add", "Reshape"]), (name, ops)
+        got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)  # sums of 1176 products in fp32
+
+
+@pytest.mark.slow  # ~20 s: an export through the CLI (CI runs it)
+def test_int8_vision_kernel_is_matmulinteger_and_closer_than_4_bit(artifacts, tmp_path):
+    """``--vision-bits 8 --vision-kernel matmulinteger``: the q4 vision encoder's linears run
+    onnxruntime's dynamic int8 (MatMulInteger), the decoder keeps MatMulNBits, and the image
+    features stay near fp32's: nearer than the 4-bit vision encoder's."""
+    from glm4v_edge.runtime.inputs import build_batch
+    from glm4v_edge.runtime.onnx_variant import OnnxVariant
+
+    out = tmp_path / "int8-vision"
+    result = run_cli("export", "onnx", "--out", str(out), "--dtypes", "q4", "--vision-bits", "8",
+                     "--vision-kernel", "matmulinteger", "--no-parity")
+    assert result.returncode == 0, result.stderr
+    vision = onnx.load(out / graph_file("vision_encoder", "q4"), load_external_data=False)
+    ops = [node.op_type for node in vision.graph.node]
+    assert "MatMulInteger" in ops and not {"MatMulNBits", "MatMul", "Gemm", "Conv", "ConvInteger"} & set(ops)
+    decoder = onnx.load(out / graph_file("decoder_model_merged", "q4"), load_external_data=False)
+    assert "MatMulNBits" in {node.op_type for node in decoder.graph.node}
+    manifest = read_manifest(out)
+    assert manifest["q4"]["vision_kernel"] == "matmulinteger" and "MatMulInteger" in manifest["weights"]["q4"]
+    assert "--vision-kernel matmulinteger" in manifest["export"]["command"]
+
+    ours = OnnxVariant(out, dtype="q4")
+    batch = ours._numpy_batch(build_batch(ours.processor, [[{"role": "user", "content": [
+        {"type": "image", "image": "examples/count-shapes.png"}, {"type": "text", "text": "?"}]}]]))
+    features = {name: variant.vision_features(batch) for name, variant in (
+        ("fp32", OnnxVariant(artifacts, dtype="fp32")), ("4-bit", OnnxVariant(artifacts, dtype="q4")),
+        ("int8", ours))}
+    error = {name: np.linalg.norm(features[name] - features["fp32"]) / np.linalg.norm(features["fp32"])
+             for name in ("4-bit", "int8")}
+    assert error["int8"] < 0.03 and error["int8"] < error["4-bit"] / 2, error
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--q4-method", "gptq"], "takes its weights from --gptq"),
     (["--q4-method", "awq"], "unknown q4 method 'awq'"),
     (["--vocab-bits", "6"], "--vocab-bits 6: choose 4 or 8"),
     (["--vision-bits", "2"], "--vision-bits 2: choose 4 or 8"),
+    (["--vision-kernel", "xnnpack"], "--vision-kernel xnnpack: choose matmulnbits or matmulinteger"),
+    (["--vision-kernel", "matmulinteger"], "is an 8-bit kernel: pass --vision-bits 8"),
 ])
 def test_bad_q4_settings_are_one_line(tmp_path, args, fragment):
     assert_one_line_error(run_cli("export", "onnx", "--out", str(tmp_path / "x"), "--dtypes", "q4", *args), fragment)

@@ -22,7 +22,7 @@ import torch
 from glm4v_edge import checkpoint
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.precisions import EIGHT_BIT_BLOCK
-from glm4v_edge.export.settings import ExportSettings
+from glm4v_edge.export.settings import ExportSettings, Q4Settings
 from glm4v_edge.export.streaming import export_graphs
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import available_memory_bytes, describe_machine, peak_rss_mib
@@ -92,7 +92,7 @@ def export_command(model: str | None, out: Path, settings: ExportSettings) -> st
              f"--dtypes {','.join(settings.dtypes)}", f"--block-size {settings.q4.block_size}",
              f"--accuracy-level {settings.q4.accuracy_level}", f"--q4-method {settings.q4.method}",
              *([f"--gptq {settings.q4.gptq}"] if settings.q4.gptq else []), f"--vocab-bits {settings.q4.vocab_bits}",
-             f"--vision-bits {settings.q4.vision_bits}",
+             f"--vision-bits {settings.q4.vision_bits}", f"--vision-kernel {settings.q4.vision_kernel}",
              "--parity" if settings.parity else "--no-parity"]
     return " ".join(parts)
 
@@ -100,23 +100,32 @@ def export_command(model: str | None, out: Path, settings: ExportSettings) -> st
 def weights_record(settings: ExportSettings) -> dict[str, str]:
     """Where each precision's weights came from, for the manifest and the model card."""
     q4 = settings.q4
+    described = {"fp32": "the source checkpoint's", "fp16": "the source checkpoint's, cast to fp16",
+                 "int8": "dynamic int8 (per channel) of the source checkpoint's",
+                 "q4": f"int4: {int4_parts(q4, q4.vision_kernel)}",
+                 # fp16 graphs keep MatMulNBits: onnxruntime's dynamic int8 quantizes fp32 activations only
+                 "q4f16": f"int4: {int4_parts(q4, 'matmulnbits')}; fp16 activations"}
+    return {dtype: described[dtype] for dtype in settings.dtypes}
+
+
+def int4_parts(q4: Q4Settings, vision_kernel: str) -> str:
+    """The int4 precisions' weights, part by part."""
     rounded = f"round-to-nearest, blocks of {q4.block_size}"
-    vision = (f"the vision encoder {q4.vision_bits}-bit round-to-nearest, blocks of {EIGHT_BIT_BLOCK}"
-              if q4.vision_bits != 4 else f"the vision encoder {rounded}")
-    int4 = {"rtn": [rounded], "hqq": [f"HQQ (onnxruntime's, data-free), blocks of {q4.block_size}"],
-            "gptq": [f"the decoder's linears from the GPTQ checkpoint {Path(q4.gptq or '').name} (its groups)"]
-            }[q4.method]
+    vision = (f"the vision encoder {rounded}" if q4.vision_bits == 4 else
+              "the vision encoder int8 (onnxruntime's dynamic quantization, per channel: MatMulInteger)"
+              if vision_kernel == "matmulinteger" else
+              f"the vision encoder {q4.vision_bits}-bit round-to-nearest, blocks of {EIGHT_BIT_BLOCK}")
+    parts = {"rtn": [rounded], "hqq": [f"HQQ (onnxruntime's, data-free), blocks of {q4.block_size}"],
+             "gptq": [f"the decoder's linears from the GPTQ checkpoint {Path(q4.gptq or '').name} (its groups)"]
+             }[q4.method]
     if q4.vision_bits != 4 or q4.method == "gptq":
-        int4.append(vision)
+        parts.append(vision)
     # The vocabulary: HQQ has no Gather, and GPTQ checkpoints keep the embeddings and lm_head unquantized.
     if q4.vocab_bits != 4:
-        int4.append(f"the embeddings and lm_head {q4.vocab_bits}-bit round-to-nearest, blocks of {EIGHT_BIT_BLOCK}")
+        parts.append(f"the embeddings and lm_head {q4.vocab_bits}-bit round-to-nearest, blocks of {EIGHT_BIT_BLOCK}")
     elif q4.method != "rtn":
-        int4.append(f"the embeddings{' and lm_head' if q4.method == 'gptq' else ''} {rounded}")
-    described = {"fp32": "the source checkpoint's", "fp16": "the source checkpoint's, cast to fp16",
-                 "int8": "dynamic int8 (per channel) of the source checkpoint's", "q4": f"int4: {'; '.join(int4)}",
-                 "q4f16": f"int4: {'; '.join(int4)}; fp16 activations"}
-    return {dtype: described[dtype] for dtype in settings.dtypes}
+        parts.append(f"the embeddings{' and lm_head' if q4.method == 'gptq' else ''} {rounded}")
+    return "; ".join(parts)
 
 
 def export_onnx(

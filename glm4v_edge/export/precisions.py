@@ -125,13 +125,69 @@ def without_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def int8_options() -> dict:
-    """``quantize_dynamic``'s arguments for int8. Shape inference stops at onnxruntime's contrib
-    ops (onnx has no schema for them), so the quantizer is told the graph's float type."""
+def int8_options(op_types: tuple[str, ...] | None = None) -> dict:
+    """``quantize_dynamic``'s arguments for int8 (``op_types``: only these; None: every op type it
+    quantizes). Shape inference stops at onnxruntime's contrib ops (onnx has no schema for them),
+    so the quantizer is told the graph's float type."""
     from onnxruntime.quantization import QuantType
 
+    chosen = {"op_types_to_quantize": list(op_types)} if op_types else {}
     return {"weight_type": QuantType.QInt8, "per_channel": True,
-            "extra_options": {"DefaultTensorType": onnx.TensorProto.FLOAT}}
+            "extra_options": {"DefaultTensorType": onnx.TensorProto.FLOAT}, **chosen}
+
+
+# The q4 vision encoder's int8 kernel quantizes linears only (its Convs are linears by then:
+# convs_over_whole_input_to_matmul), never as ConvInteger, which ran slower than fp32 Conv.
+VISION_INT8_OPS = ("MatMul", "Gemm")
+
+
+def covers_whole_input(attrs: dict, weight_dims: list[int], input_shape: list[int | None] | None) -> bool:
+    """A plain Conv (one group, no padding or dilation) whose kernel, at stride = kernel, spans its
+    input's every spatial position: one output position, so a matrix product."""
+    kernel = list(weight_dims[2:])
+    plain = (attrs.get("group", 1) == 1 and not any(attrs.get("pads", [])) and
+             all(d == 1 for d in attrs.get("dilations", [1])) and attrs.get("auto_pad", b"NOTSET") == b"NOTSET")
+    return (plain and list(attrs.get("strides", kernel)) == kernel and input_shape is not None
+            and list(input_shape[1:]) == list(weight_dims[1:2]) + kernel)
+
+
+def convs_over_whole_input_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite ``Conv(x, W, b)`` whose kernel spans its whole input (the vision tower's patch
+    embedding over pre-cut patches, the merger's 2x2 downsample) as ``Reshape(x @ W', out shape)
+    + b``, W' the kernel flattened per output channel: onnxruntime's CPU Conv ran the 9B's patch
+    embedding (Conv3d) at ~6 G multiply-adds/s, and as a MatMul it is quantized like any linear.
+    Needs the input shapes the exporter records."""
+    from onnx import helper, numpy_helper
+
+    shapes = {value.name: [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+              for value in (*model.graph.value_info, *model.graph.input)}
+    weights = {init.name: init for init in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is None or not covers_whole_input(attrs, list(weight.dims), shapes.get(node.input[0])):
+            nodes.append(node)
+            continue
+        out_channels, spatial = weight.dims[0], len(weight.dims) - 2
+        matrix = numpy_helper.to_array(weight).reshape(out_channels, -1)
+        weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(matrix.T), weight.name))
+        name = node.name
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.array([-1, matrix.shape[1]], np.int64), f"{name}_rows_shape"),
+            numpy_helper.from_array(np.array([-1, out_channels] + [1] * spatial, np.int64), f"{name}_out_shape")])
+        has_bias = len(node.input) > 2 and node.input[2]
+        nodes += [helper.make_node("Reshape", [node.input[0], f"{name}_rows_shape"], [f"{name}_rows"],
+                                   name=f"{name}_rows"),
+                  helper.make_node("MatMul", [f"{name}_rows", weight.name], [f"{name}_matmul"], name=f"{name}_matmul")]
+        product = f"{name}_matmul"
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [f"{name}_bias"], name=f"{name}_bias"))
+            product = f"{name}_bias"
+        nodes.append(helper.make_node("Reshape", [product, f"{name}_out_shape"], [node.output[0]], name=f"{name}_out"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -251,11 +307,21 @@ def vocabulary_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return found
 
 
+def is_vision_encoder(model: onnx.ModelProto) -> bool:
+    return any(output.name == VISION_OUTPUT for output in model.graph.output)
+
+
+def vision_in_int8(model: onnx.ModelProto, settings: Q4Settings) -> bool:
+    """Whether this q4 graph is a vision encoder that ``settings`` puts through onnxruntime's dynamic
+    int8 (``quantize_dynamic``: MatMulInteger, ConvInteger) instead of MatMulNBits."""
+    return settings.vision_kernel == "matmulinteger" and is_vision_encoder(model)
+
+
 def nodes_in_8bit(model: onnx.ModelProto, settings: Q4Settings) -> list[onnx.NodeProto]:
-    """What ``settings`` keeps at 8 bits in this graph: the vocabulary matrices (``vocab_bits``),
-    every linear of the vision encoder (``vision_bits``)."""
+    """What ``settings`` keeps at 8 bits (MatMulNBits) in this graph: the vocabulary matrices
+    (``vocab_bits``), every linear of the vision encoder (``vision_bits``)."""
     chosen = vocabulary_nodes(model) if settings.vocab_bits == 8 else []
-    if settings.vision_bits == 8 and any(output.name == VISION_OUTPUT for output in model.graph.output):
+    if settings.vision_bits == 8 and is_vision_encoder(model):
         chosen += [node for node in model.graph.node if node.op_type == "MatMul"]
     return chosen
 

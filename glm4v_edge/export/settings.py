@@ -31,12 +31,21 @@ class Q4Settings:
     # (GatherBlockQuantized / MatMulNBits at 8 bits). They are the least compressible weights: on
     # the embedded model their rounding is most of the int4 export's KL from fp32.
     vocab_bits: int = 4
-    vision_bits: int = 4  # the vision encoder's linears: 4, or 8 (MatMulNBits at 8 bits)
+    vision_bits: int = 4  # the vision encoder's linears: 4, or 8
+    # The vision encoder's 8-bit kernel: matmulnbits (8-bit blocks of 128, activations in int8 per
+    # block inside the kernel) or matmulinteger (onnxruntime's dynamic int8: per-channel weights,
+    # activations quantized per tensor), whose int8 GEMM ran the vision tower's shapes 1.6-2.4x
+    # faster on 2 CPU threads for about twice the rounding error (docs/export.md).
+    vision_kernel: str = "matmulnbits"
 
     def check(self) -> None:
         for option, bits in (("--vocab-bits", self.vocab_bits), ("--vision-bits", self.vision_bits)):
             if bits not in PART_BITS:
                 raise Glm4vEdgeError(f"{option} {bits}: choose {' or '.join(map(str, PART_BITS))}")
+        if self.vision_kernel not in VISION_KERNELS:
+            raise Glm4vEdgeError(f"--vision-kernel {self.vision_kernel}: choose {' or '.join(VISION_KERNELS)}")
+        if self.vision_kernel == "matmulinteger" and self.vision_bits != 8:
+            raise Glm4vEdgeError("--vision-kernel matmulinteger is an 8-bit kernel: pass --vision-bits 8 with it")
         if self.method not in Q4_METHODS:
             raise Glm4vEdgeError(f"unknown q4 method {self.method!r}; choose {', '.join(Q4_METHODS)}")
         if (self.method == "gptq") != (self.gptq is not None):
@@ -46,6 +55,7 @@ class Q4Settings:
 
 Q4_METHODS = ("rtn", "hqq", "gptq")
 PART_BITS = (4, 8)  # what --vocab-bits and --vision-bits take
+VISION_KERNELS = ("matmulnbits", "matmulinteger")
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,14 @@ from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.export.gptq_weights import GptqCheckpoint, NBitsWeight
 from glm4v_edge.export.graphs import SPECS
 from glm4v_edge.export.precisions import (
+    VISION_INT8_OPS,
     WeightSource,
+    convs_over_whole_input_to_matmul,
     int8_options,
     quiet_converters,
     to_fp16,
     to_q4,
+    vision_in_int8,
     without_value_info,
 )
 from glm4v_edge.export.settings import Q4Settings
@@ -232,6 +235,8 @@ def convert(skeleton_proto: onnx.ModelProto, dtype: str, q4: Q4Settings, store: 
     with quiet_converters(), virtual_tensors(store):
         if dtype == "int8":
             return _quantize_dynamic(model, destination)
+        if dtype == "q4" and vision_in_int8(model, q4):
+            return _quantize_dynamic(convs_over_whole_input_to_matmul(model), destination, VISION_INT8_OPS)
         if dtype in ("fp16", "q4f16"):
             model = to_fp16(model)
         if dtype in ("q4", "q4f16"):
@@ -239,7 +244,8 @@ def convert(skeleton_proto: onnx.ModelProto, dtype: str, q4: Q4Settings, store: 
     return model
 
 
-def _quantize_dynamic(model: onnx.ModelProto, destination: Path) -> onnx.ModelProto:
+def _quantize_dynamic(model: onnx.ModelProto, destination: Path,
+                      op_types: tuple[str, ...] | None = None) -> onnx.ModelProto:
     """``quantize_dynamic`` as precisions.convert calls it; its final save is intercepted, not written."""
     from onnxruntime.quantization import quantize_dynamic
 
@@ -254,7 +260,7 @@ def _quantize_dynamic(model: onnx.ModelProto, destination: Path) -> onnx.ModelPr
 
     onnx.save_model = capture
     try:
-        quantize_dynamic(without_value_info(model), destination, **int8_options())
+        quantize_dynamic(without_value_info(model), destination, **int8_options(op_types))
     finally:
         onnx.save_model = save
     return result["model"]

@@ -43,11 +43,14 @@ def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(be
         row = record["summary"][name]
         assert row["status"] == "ok", (name, row)
         assert row["decode_ms"] > 0 and row["tokens_per_s"] > 0 and row["floor_ms_per_token"] > 0
+        assert row["read_floor_ms_per_token"] > 0 and row["decode_vs_read_floor"] > 0
         assert row["size_mb"] > 0 and row["peak_rss_mib"] > 0 and row["task_accuracy"] is not None
     fp32 = record["summary"]["onnx-fp32@healthy"]
     assert fp32["top1_agreement"] == 1.0 and fp32["identical_replies"] == "5/5"  # same weights as the baseline
     assert fp32["task_replies_identical"] == 3 and fp32["decode_speedup"] is not None
     assert record["machine"]["copy_bandwidth_gbs"] > 0 and record["machine"]["copy_bandwidth_threads"] >= 1
+    reads = record["machine"]["read_bandwidths_gbs"]  # the read floor's bandwidth is the fastest loop's
+    assert record["machine"]["read_bandwidth_gbs"] == max(reads.values()) == reads[record["machine"]["read_loop"]]
     latency = record["results"]["onnx-fp32@healthy"]["latency"]
     assert set(latency) == {"vision", "prefill", "time_to_first_token", "follow_up", "decode"}
     # The follow-up turn started from the first turn's cache: at least the whole first prompt but its last token.

@@ -61,6 +61,7 @@ def plan_bench(settings: BenchSettings) -> BenchPlan:
 def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dict, list[Path]]:
     """Measure every variant against the baseline; return the record and the files written."""
     from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs, default_threads
+    from glm4v_edge.bench.machine_peak import read_bandwidths
     from glm4v_edge.bench.report import build_record, write_report
     from glm4v_edge.bench.runner import Job, run_benchmark
     from glm4v_edge.hub import pinned
@@ -71,6 +72,7 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
     progress.step("measuring memory bandwidth")
     copy_threads = settings.threads or default_threads()  # the threads the variants run on
     bandwidth = copy_bandwidth_gbs(plan.device, threads=copy_threads)
+    read = {} if plan.device.startswith("cuda") else read_bandwidths(copy_threads)
     job = Job(variant=plan.baseline, model=settings.model, artifacts=str(settings.artifacts), device=plan.device,
               threads=settings.threads, prompt_set=settings.prompts, runs=settings.runs,
               task_questions=plan.task_questions, fidelity_prompts=settings.fidelity_prompts,
@@ -93,6 +95,9 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
                     device=plan.device,
                     task_questions=plan.task_questions, isolation="each variant in its own spawned process")
     machine = {**describe_machine(), "copy_bandwidth_threads": copy_threads}
+    if read:  # the read-only floor's bandwidth: the fastest read-only loop, with what each loop reached
+        machine.update(read_bandwidths_gbs=read, read_bandwidth_gbs=max(read.values()),
+                       read_loop=max(read, key=read.get))
     record = build_record(settings.name or Path(settings.artifacts).name, recorded, machine, bandwidth, results,
                           plan.baseline)
     return record, write_report(record, settings.results_folder)

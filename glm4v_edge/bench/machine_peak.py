@@ -91,7 +91,7 @@ def decode_kernel(threads: int, read_bytes: int, block: int = 128):
     k = 16384
     n = read_bytes * 2 // k
     rng = np.random.default_rng(0)
-    packed = rng.integers(0, 256, (n, k // block, block // 2), dtype=np.uint8)
+    packed = np.full((n, k // block, block // 2), 0x5A, dtype=np.uint8)  # its speed does not depend on the codes
     scales = np.full(n * k // block, 0.01, np.float32)
     node = helper.make_node("MatMulNBits", ["X", "B", "S"], ["Y"], domain="com.microsoft", K=k, N=n, bits=4,
                             block_size=block, accuracy_level=4)

@@ -26,8 +26,10 @@ def _ratio(base: float | None, value: float | None) -> float | None:
     return round(base / value, 2) if base and value else None
 
 
-def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> dict[str, dict]:
-    """One flat row per variant: the numbers a reader compares, with speed-ups vs the baseline."""
+def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float,
+              read_bandwidth_gbs: float | None = None) -> dict[str, dict]:
+    """One flat row per variant: the numbers a reader compares, with speed-ups vs the baseline, and
+    decode against the floors: weight bytes at the copy bandwidth and at the read-only bandwidth."""
     def stage(result: dict, key: str) -> float | None:
         latency = result.get("latency") or {}
         if key == "decode":
@@ -64,6 +66,10 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float) -> 
                                      if result.get("decoder_bytes") else None)
         row["decode_vs_floor"] = (round(row["decode_ms"] / row["floor_ms_per_token"], 2)
                                   if row["decode_ms"] and row["floor_ms_per_token"] else None)
+        row["read_floor_ms_per_token"] = (floor_ms_per_token(result["decoder_bytes"], read_bandwidth_gbs)
+                                          if result.get("decoder_bytes") and read_bandwidth_gbs else None)
+        row["decode_vs_read_floor"] = (round(row["decode_ms"] / row["read_floor_ms_per_token"], 2)
+                                       if row["decode_ms"] and row["read_floor_ms_per_token"] else None)
         row["peak_rss_mib"] = result.get("peak_rss_mib")
         row["cuda_peak_mib"] = result.get("cuda_peak_mib")
         fidelity = result.get("fidelity")
@@ -92,7 +98,7 @@ def build_record(name: str, settings: dict, machine: dict, bandwidth_gbs: float,
         "baseline": baseline,
         "settings": settings,
         "machine": {**machine, "copy_bandwidth_gbs": bandwidth_gbs},
-        "summary": summarize(results, baseline, bandwidth_gbs),
+        "summary": summarize(results, baseline, bandwidth_gbs, machine.get("read_bandwidth_gbs")),
         "results": results,
     }
 
@@ -122,7 +128,9 @@ def markdown(record: dict) -> str:
         "",
         f"Machine: {machine.get('gpu') or machine.get('cpu')} · {machine.get('cpu_cores')} cores · "
         f"torch threads {machine.get('torch_threads')} · copy bandwidth {machine['copy_bandwidth_gbs']} GB/s "
-        f"on {machine.get('copy_bandwidth_threads', 1)} threads. "
+        f"on {machine.get('copy_bandwidth_threads', 1)} threads"
+        + (f", read-only {machine['read_bandwidth_gbs']} GB/s ({machine.get('read_loop')})"
+           if machine.get("read_bandwidth_gbs") else "") + ". "
         f"Baseline: **{baseline}**; speed-ups (x) are baseline time / variant time, measured in this run, "
         "each variant in its own process. "
         + (f"Medians over {record['settings'].get('runs')} runs." if measured_latency(record) else
@@ -130,12 +138,13 @@ def markdown(record: dict) -> str:
         "",
         "| variant | size MB | bits/weight | load s | " + "".join(f"{s.replace(':', ' ')} ms | " for s in stages)
         + "TTFT ms | follow-up TTFT ms (prompt tokens reused) | decode ms/token (p90) | tok/s | floor ms/token "
+        "| read floor ms/token (x) "
         "| peak RSS MiB | mean KL | top-1 | greedy match | identical replies | task acc (same replies) | public acc |",
-        "|---" * (16 + len(stages)) + "|",
+        "|---" * (17 + len(stages)) + "|",
     ]
     for name, row in summary.items():
         if row["status"] != "ok":
-            lines.append(f"| {name} | {row['status']}: {row['error']} |" + " |" * (14 + len(stages)))
+            lines.append(f"| {name} | {row['status']}: {row['error']} |" + " |" * (15 + len(stages)))
             continue
         cells = [name, _fmt(row["size_mb"]), _fmt(row.get("bits_per_weight"), ".2f"), _fmt(row["load_s"], ".2f")]
         for s in (*stages, "ttft"):
@@ -143,13 +152,19 @@ def markdown(record: dict) -> str:
         cells.append(f"{_fmt(row.get('follow_up_ms'))} ({_fmt(row.get('follow_up_cached_tokens'), 'd')})")
         cells.append(f"{_fmt(row['decode_ms'], '.2f')} ({_fmt(row['decode_p90_ms'], '.2f')}) "
                      f"{_fmt(row['decode_speedup'], '.2f', 'x')}")
-        cells += [_fmt(row["tokens_per_s"]), _fmt(row["floor_ms_per_token"], ".3f"), _fmt(row["peak_rss_mib"], ".0f"),
+        cells += [_fmt(row["tokens_per_s"]), _fmt(row["floor_ms_per_token"], ".3f"),
+                  f"{_fmt(row.get('read_floor_ms_per_token'), '.3f')} "
+                  f"({_fmt(row.get('decode_vs_read_floor'), '.2f', 'x')})",
+                  _fmt(row["peak_rss_mib"], ".0f"),
                   _fmt(row["mean_kl"], ".2e"), _fmt(row["top1_agreement"], ".1%"), row["greedy_match"] or "–",
                   row["identical_replies"] or "–", task_cell(row), _fmt(row["public_accuracy"], ".1%")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Bits/weight: stored bits per weight of the decoder graph's matrices (linears and lm_head, "
               "scales and zero points included), what a decode step reads per weight.",
-              "", "Floor: decoder weight bytes / copy bandwidth, the least time one decode step can take.",
+              "", "Floor: decoder weight bytes / copy bandwidth (read + write), the least time one decode step can "
+              "take. Read floor: the same bytes / the fastest read-only loop measured in this run on the variants' "
+              "threads (machine_peak.py), a tighter bound when reads alone run slower than a copy counts; (x): "
+              "decode ms/token / read floor.",
               "", "Follow-up TTFT: time to the first token of a second turn about the same image (history as the "
               "demo sends it: the first answer, then a new question), starting from the first turn's prompt cache."]
     lines += peer_lines(summary)

@@ -5,10 +5,11 @@ One ONNX build answers a one-image question of ``size`` px: first timed as a use
 (warm-up, then time to first token and ms per reply token), then once more with onnxruntime's
 profiler on every graph. Each stage (vision tower, prefill, one decode step) is split by operator
 type, and its multiply-adds are counted from the shapes each node ran with: int8 arithmetic
-(MatMulNBits at accuracy level 4, MatMulInteger) and float (MatMul, Conv, attention). Its bound is
-the larger of those multiply-adds at this machine's measured peaks and its weight bytes at the
-read-only bandwidth (``machine_peak.py``); what is left of the time to first token after the
-graphs is the host's (processor, embedding lookups, copies between graphs).
+(MatMulNBits at accuracy level 4, MatMulInteger and its fusions, ConvInteger) and float (MatMul,
+Conv, attention). Its bound is the larger of those multiply-adds at this machine's measured
+peaks and its weight bytes at the read-only bandwidth (``machine_peak.py``); what is left of
+the time to first token after the graphs is the host's (processor, embedding lookups, copies
+between graphs).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.progress import SILENT, Progress
 
 KIND = "stage-profile"
-# and MatMulNBits at accuracy level 4; the last two are onnxruntime's fusions of MatMulInteger
-INT8_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+# Counted from their shapes alone; DynamicQuantizeMatMul and MatMulIntegerToFloat are onnxruntime's
+# fusions of MatMulInteger, so a fused node, absent from the file, is counted too.
+MATMULS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+CONVS = {"Conv", "ConvInteger"}
+INT8_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ConvInteger"}  # + MatMulNBits, level 4
 ATTENTION_OPS = {"MultiHeadAttention", "GroupQueryAttention", "Attention"}
 
 
@@ -66,7 +70,7 @@ def graph_nodes(path: Path) -> dict[str, NodeInfo]:
         weight = None
         if node.op_type == "MatMulNBits":
             weight = (attributes["N"], attributes["K"])
-        elif node.op_type == "Conv" and len(node.input) > 1:
+        elif node.op_type in CONVS and len(node.input) > 1:
             weight = dims.get(node.input[1])
         heads = (attributes["num_heads"], attributes["kv_num_heads"]) if node.op_type == "GroupQueryAttention" else None
         int8 = node.op_type in INT8_OPS or (node.op_type == "MatMulNBits" and attributes.get("accuracy_level") == 4)
@@ -87,9 +91,9 @@ def multiply_adds(info: NodeInfo, event: dict, past: int) -> int:
     if info.op == "MatMulNBits":
         n, k = info.weight_shape
         return int(np.prod(inputs[0][:-1])) * k * n
-    if info.op in ("MatMul", "Gemm") or info.op in INT8_OPS:
+    if info.op in MATMULS:
         return int(np.prod(outputs[0])) * inputs[0][-1]
-    if info.op == "Conv" and info.weight_shape:
+    if info.op in CONVS and info.weight_shape:
         return int(np.prod(outputs[0])) * int(np.prod(info.weight_shape[1:]))
     if info.op == "MultiHeadAttention" and len(inputs[0]) == 3:
         batch, rows, width = inputs[0]
@@ -119,7 +123,6 @@ def stage(events: list[dict], run: dict, nodes: dict[str, NodeInfo], past: int) 
             continue
         op = event["args"]["op_name"]
         by_op[op] += event["dur"]
-        # a node onnxruntime fused at load is not in the file: its shapes alone count it
         info = nodes.get(event["name"].removesuffix("_kernel_time")) or NodeInfo(op, op in INT8_OPS, None, None)
         macs["int8" if info.int8 else "float"] += multiply_adds(info, event, past)
     return {"run_ms": run["dur"] / 1000, "kernel_ms": sum(by_op.values()) / 1000,

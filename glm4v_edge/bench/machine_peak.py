@@ -21,6 +21,9 @@ import numpy as np
 from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs, thread_slices
 from glm4v_edge.bench.onnx_build import cpu_session
 
+FP32_KERNEL = "fp32 MatMul"
+INTEGER_KERNEL = "int8 MatMulInteger"
+DECODE_LOOP = "onnxruntime MatMulNBits, one row"
 GEMM_SIZE = 2048  # M = K = N: past the caches, long enough to time (8.6 G multiply-adds per run)
 READ_MIB = 512  # far past any cache
 
@@ -47,6 +50,11 @@ def matmul_model(op: str, weight: np.ndarray, input_type: int, output_type: int)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
+def nbits_kernel(bits: int) -> str:
+    """The name of MatMulNBits' int8-arithmetic kernel at ``bits`` (a key of ``gemm_peaks``)."""
+    return f"int8 MatMulNBits {bits}-bit"
+
+
 def gemm_models(size: int) -> dict[str, tuple]:
     """kernel name -> (model, input array): fp32 MatMul, MatMulInteger, MatMulNBits 8 and 4 bits."""
     from onnx import TensorProto
@@ -66,11 +74,11 @@ def gemm_models(size: int) -> dict[str, tuple]:
     settings = Q4Settings(block_size=128)
     eight_bit = fp32()
     eight_bit = in_8bit(eight_bit, list(eight_bit.graph.node), settings)
-    return {"fp32 MatMul": (fp32(), activations),
-            "int8 MatMulInteger": (matmul_model("MatMulInteger", int8_weight, TensorProto.UINT8, TensorProto.INT32),
-                                   int8_activations),
-            "int8 MatMulNBits 8-bit": (eight_bit, activations),
-            "int8 MatMulNBits 4-bit": (to_q4(fp32(), settings), activations)}
+    return {FP32_KERNEL: (fp32(), activations),
+            INTEGER_KERNEL: (matmul_model("MatMulInteger", int8_weight, TensorProto.UINT8, TensorProto.INT32),
+                             int8_activations),
+            nbits_kernel(8): (eight_bit, activations),
+            nbits_kernel(4): (to_q4(fp32(), settings), activations)}
 
 
 def gemm_peaks(threads: int, size: int = GEMM_SIZE, runs: int = 3) -> dict[str, float]:
@@ -127,7 +135,7 @@ def read_loops(threads: int, read_bytes: int, pool: ThreadPoolExecutor) -> dict:
         "numpy bitwise_or.reduce": (split(lambda part: np.bitwise_or.reduce(words[part])), words.nbytes),
         "numpy float32 max": (split(lambda part: floats[2 * part.start:2 * part.stop].max()), words.nbytes),
         "onnxruntime ReduceMax": (lambda: kernel.run(None, {"X": floats}), words.nbytes),
-        "onnxruntime MatMulNBits, one row": (decode, decode_bytes),
+        DECODE_LOOP: (decode, decode_bytes),
     }
 
 
@@ -146,7 +154,7 @@ def measure_machine_peak(threads: int, gemm_size: int = GEMM_SIZE, read_mib: int
     return {
         "threads": threads, "gemm_size": gemm_size, "read_mib": read_mib,
         "gemm_gmacs": gemm,
-        "fp32_gmacs": gemm["fp32 MatMul"],
+        "fp32_gmacs": gemm[FP32_KERNEL],
         "int8_gmacs": max(int8.values()),
         "int8_kernel": max(int8, key=int8.get),
         "read_gbs": reads,

@@ -10,6 +10,12 @@ Conv, attention). Its bound is the larger of those multiply-adds at this machine
 peaks and its weight bytes at the read-only bandwidth (``machine_peak.py``); what is left of
 the time to first token after the graphs is the host's (processor, embedding lookups, copies
 between graphs).
+
+Beside the bound, each stage is put against the kernels it actually runs: every node's
+multiply-adds at the measured rate of its own kernel (MatMulNBits 4-bit, 8-bit, MatMulInteger,
+fp32), and its weights at MatMulNBits' one-row read rate. That is not a floor (a shape can run
+its kernel a little faster than the peak's square GEMM); it says how much of the gap to the
+bound is the kernel's own speed, which no graph or host change can recover.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from glm4v_edge.bench.decode_profile import kernel_events
+from glm4v_edge.bench.machine_peak import DECODE_LOOP, FP32_KERNEL, INTEGER_KERNEL, nbits_kernel
 from glm4v_edge.bench.records import heading, new_record, plain, record_name, table
 from glm4v_edge.errors import Glm4vEdgeError
 from glm4v_edge.progress import SILENT, Progress
@@ -53,9 +60,19 @@ class StageProfileSettings:
 @dataclass(frozen=True)
 class NodeInfo:
     op: str
-    int8: bool
+    kernel: str  # the machine peak's kernel whose arithmetic it runs (machine_peak.gemm_models)
     weight_shape: tuple[int, ...] | None  # Conv's kernel; MatMulNBits: (N, K)
     heads: tuple[int, int] | None  # GroupQueryAttention: (query heads, key/value heads)
+
+    @property
+    def int8(self) -> bool:
+        return self.kernel != FP32_KERNEL
+
+
+def kernel_of(op: str, attributes: dict) -> str:
+    if op == "MatMulNBits" and attributes.get("accuracy_level") == 4:
+        return nbits_kernel(attributes.get("bits", 4))
+    return INTEGER_KERNEL if op in INT8_OPS else FP32_KERNEL
 
 
 def graph_nodes(path: Path) -> dict[str, NodeInfo]:
@@ -73,8 +90,7 @@ def graph_nodes(path: Path) -> dict[str, NodeInfo]:
         elif node.op_type in CONVS and len(node.input) > 1:
             weight = dims.get(node.input[1])
         heads = (attributes["num_heads"], attributes["kv_num_heads"]) if node.op_type == "GroupQueryAttention" else None
-        int8 = node.op_type in INT8_OPS or (node.op_type == "MatMulNBits" and attributes.get("accuracy_level") == 4)
-        nodes[node.name] = NodeInfo(node.op_type, int8, weight, heads)
+        nodes[node.name] = NodeInfo(node.op_type, kernel_of(node.op_type, attributes), weight, heads)
     return nodes
 
 
@@ -115,28 +131,36 @@ def runs_of(events: list[dict]) -> list[dict]:
 
 
 def stage(events: list[dict], run: dict, nodes: dict[str, NodeInfo], past: int) -> dict:
-    """One graph run: its time, kernel time and multiply-adds by operator type."""
+    """One graph run: its time, kernel time by operator type, multiply-adds (int8 / float, and
+    by the kernel that ran them)."""
     end = run["ts"] + run["dur"]
-    by_op, macs = collections.Counter(), collections.Counter()
+    by_op, macs, by_kernel = collections.Counter(), collections.Counter(), collections.Counter()
     for event in kernel_events(events):
         if not run["ts"] <= event["ts"] <= end:
             continue
         op = event["args"]["op_name"]
         by_op[op] += event["dur"]
-        info = nodes.get(event["name"].removesuffix("_kernel_time")) or NodeInfo(op, op in INT8_OPS, None, None)
-        macs["int8" if info.int8 else "float"] += multiply_adds(info, event, past)
+        info = nodes.get(event["name"].removesuffix("_kernel_time")) or NodeInfo(op, kernel_of(op, {}), None, None)
+        count = multiply_adds(info, event, past)
+        macs["int8" if info.int8 else "float"] += count
+        by_kernel[info.kernel] += count
     return {"run_ms": run["dur"] / 1000, "kernel_ms": sum(by_op.values()) / 1000,
-            "by_op_ms": {op: us / 1000 for op, us in by_op.most_common()}, "macs": dict(macs)}
+            "by_op_ms": {op: us / 1000 for op, us in by_op.most_common()}, "macs": dict(macs),
+            "macs_by_kernel": {kernel: count for kernel, count in by_kernel.items() if count}}
 
 
 def mean_stage(stages: list[dict]) -> dict:
     ops = {op for s in stages for op in s["by_op_ms"]}
-    keys = {key for s in stages for key in s["macs"]}
+
+    def mean_counts(field: str) -> dict:
+        keys = {key for s in stages for key in s[field]}
+        return {key: int(np.mean([s[field].get(key, 0) for s in stages])) for key in keys}
+
     return {"run_ms": float(np.mean([s["run_ms"] for s in stages])),
             "kernel_ms": float(np.mean([s["kernel_ms"] for s in stages])),
             "by_op_ms": dict(sorted(((op, float(np.mean([s["by_op_ms"].get(op, 0) for s in stages]))) for op in ops),
                                     key=lambda item: -item[1])),
-            "macs": {key: int(np.mean([s["macs"].get(key, 0) for s in stages])) for key in keys}}
+            "macs": mean_counts("macs"), "macs_by_kernel": mean_counts("macs_by_kernel")}
 
 
 def bounded(result: dict, weight_bytes: int, peak: dict) -> dict:
@@ -146,11 +170,24 @@ def bounded(result: dict, weight_bytes: int, peak: dict) -> dict:
                   + result["macs"].get("float", 0) / peak["fp32_gmacs"]) / 1e6
     read_ms = weight_bytes / (peak["read_bandwidth_gbs"] * 1e9) * 1000
     bound = max(compute_ms, read_ms)
+    kernels_ms = at_kernel_rates(result["macs_by_kernel"], weight_bytes, peak)
     rounded = {key: round(value, 2) if isinstance(value, float) else value for key, value in result.items()
                if key != "by_op_ms"}
     return {**rounded, "by_op_ms": {op: round(ms, 3) for op, ms in result["by_op_ms"].items()},
             "compute_bound_ms": round(compute_ms, 2), "read_bound_ms": round(read_ms, 2),
-            "bound_ms": round(bound, 2), "times_bound": round(result["run_ms"] / bound, 2) if bound else None}
+            "bound_ms": round(bound, 2), "times_bound": round(result["run_ms"] / bound, 2) if bound else None,
+            "kernel_rates_ms": round(kernels_ms, 2) if kernels_ms else None,
+            "times_kernel_rates": round(result["run_ms"] / kernels_ms, 2) if kernels_ms else None}
+
+
+def at_kernel_rates(macs_by_kernel: dict[str, int], weight_bytes: int, peak: dict) -> float | None:
+    """ms the stage would take with each kernel at its measured rate (arithmetic) and the weights
+    read at MatMulNBits' one-row rate, the larger; None when a kernel's rate was not measured."""
+    rates = peak["gemm_gmacs"]
+    if any(kernel not in rates for kernel in macs_by_kernel) or DECODE_LOOP not in peak["read_gbs"]:
+        return None
+    compute_ms = sum(count / rates[kernel] for kernel, count in macs_by_kernel.items()) / 1e6
+    return max(compute_ms, weight_bytes / (peak["read_gbs"][DECODE_LOOP] * 1e9) * 1000)
 
 
 def timed_answer(variant, question: dict, tokens: int) -> tuple[float, list[float]]:
@@ -234,13 +271,16 @@ def markdown(record: dict, top: int = 4) -> str:
     for name, result in record["stages"].items():
         ops = ", ".join(f"{op} {ms:.1f}" for op, ms in list(result["by_op_ms"].items())[:top])
         gmacs = f"{result['macs'].get('int8', 0) / 1e9:.1f} / {result['macs'].get('float', 0) / 1e9:.1f}"
+        kernels = f"{result['kernel_rates_ms']:.1f} ({result['times_kernel_rates']:.2f}x)" \
+            if result.get("kernel_rates_ms") else "-"
         rows.append([name, f"{result['run_ms']:.1f}", gmacs, f"{result['compute_bound_ms']:.1f}",
-                     f"{result['read_bound_ms']:.1f}", f"{result['times_bound']:.2f}x", ops])
+                     f"{result['read_bound_ms']:.1f}", f"{result['times_bound']:.2f}x", kernels, ops])
     peak = record["peak"]
     gemm = ", ".join(f"{kernel} {rate}" for kernel, rate in peak["gemm_gmacs"].items())
     reads = ", ".join(f"{loop} {rate}" for loop, rate in peak["read_gbs"].items())
     lines = heading(record) + table(["stage", "ms (profiled)", "G multiply-adds int8 / float", "compute bound ms",
-                                     "read bound ms", "x bound", f"top {top} operators, ms"], rows)
+                                     "read bound ms", "x bound", "at its kernels' rates ms (x)",
+                                     f"top {top} operators, ms"], rows)
     settings = record["settings"]
     lines += [
         "",
@@ -255,5 +295,9 @@ def markdown(record: dict, top: int = 4) -> str:
         f"({peak['int8_kernel']}), fp32 {peak['fp32_gmacs']} (each kernel: {gemm}); read-only bandwidth "
         f"{peak['read_bandwidth_gbs']} GB/s ({peak['read_loop']}; each loop: {reads}), "
         f"copy {peak['copy_bandwidth_gbs']} GB/s (read + write).",
+        "",
+        "At its kernels' rates: each node's multiply-adds at the rate its own kernel ran the square GEMM "
+        f"above, and the weights at the {DECODE_LOOP} read rate, the larger. Not a floor: what is left "
+        "above it is graph, host and attention overhead; what lies between it and the bound is the kernels' own.",
     ]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,14 @@ import torch
 
 from glm4v_edge import checkpoint
 from glm4v_edge.export.graphs import SPECS
-from glm4v_edge.export.precisions import int8_options, quiet_converters, to_fp16, to_q4, without_value_info
+from glm4v_edge.export.precisions import (
+    convs_over_whole_input_to_matmul,
+    int8_options,
+    quiet_converters,
+    to_fp16,
+    to_q4,
+    without_value_info,
+)
 from glm4v_edge.export.settings import Q4Settings
 from glm4v_edge.names import GRAPHS, ONNX_DTYPES, graph_file
 
@@ -26,7 +33,8 @@ def convert(fp32_path: Path, dtype: str, out_path: Path, q4: Q4Settings) -> None
         from onnxruntime.quantization import quantize_dynamic
 
         with quiet_converters():
-            quantize_dynamic(without_value_info(onnx.load_model(str(fp32_path))), out_path, **int8_options())
+            model = convs_over_whole_input_to_matmul(onnx.load_model(str(fp32_path)))
+            quantize_dynamic(without_value_info(model), out_path, **int8_options())
         return
     model = onnx.load_model(str(fp32_path))
     if dtype in ("fp16", "q4f16"):

@@ -137,7 +137,8 @@ def int8_options(op_types: tuple[str, ...] | None = None) -> dict:
 
 
 # The q4 vision encoder's int8 kernel quantizes linears only (its Convs are linears by then:
-# convs_over_whole_input_to_matmul), never as ConvInteger, which ran slower than fp32 Conv.
+# convs_over_whole_input_to_matmul), never as ConvInteger, which ran slower than fp32 Conv. The
+# int8 precision rewrites those Convs too before quantizing every op type it can.
 VISION_INT8_OPS = ("MatMul", "Gemm")
 
 

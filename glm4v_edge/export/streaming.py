@@ -234,7 +234,7 @@ def convert(skeleton_proto: onnx.ModelProto, dtype: str, q4: Q4Settings, store: 
     model.CopyFrom(skeleton_proto)
     with quiet_converters(), virtual_tensors(store):
         if dtype == "int8":
-            return _quantize_dynamic(model, destination)
+            return _quantize_dynamic(convs_over_whole_input_to_matmul(model), destination)
         if dtype == "q4" and vision_in_int8(model, q4):
             return _quantize_dynamic(convs_over_whole_input_to_matmul(model), destination, VISION_INT8_OPS)
         if dtype in ("fp16", "q4f16"):

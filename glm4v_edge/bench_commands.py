@@ -11,6 +11,7 @@ import typer
 from glm4v_edge.bench.command_memory import CommandMemorySettings
 from glm4v_edge.bench.decode_depth import DecodeDepthSettings
 from glm4v_edge.bench.decode_profile import DecodeProfileSettings
+from glm4v_edge.bench.session_options import SessionOptionsSettings
 from glm4v_edge.bench.settings import BenchSettings, ConversationSettings
 from glm4v_edge.bench.space_check import SpaceCheckSettings
 from glm4v_edge.bench.stage_profile import StageProfileSettings
@@ -177,6 +178,30 @@ def bench_decode_profile(
     builds = labelled_builds(artifacts)
     settings = DecodeProfileSettings(builds, dtype, past, steps, threads, out, name)
     measure_and_write(measure_decode_profile, markdown, settings, next(iter(builds.values())))
+
+
+@bench_app.command("session-options")
+def bench_session_options(
+    artifacts: BuildOption,
+    dtype: DtypeOption = SessionOptionsSettings.dtype,
+    cases: Annotated[str, typer.Option(help="Comma-separated cases, each against onnxruntime's defaults (measured "
+                                       "too). Default: all of them.")] = ",".join(SessionOptionsSettings.cases),
+    past: Annotated[int, typer.Option(min=0, help="Cached positions before the timed decode steps.")]
+    = SessionOptionsSettings.past,
+    steps: Annotated[int, typer.Option(min=1, help="Timed decode steps per case and round.")]
+    = SessionOptionsSettings.steps,
+    prefill: Annotated[int, typer.Option(min=0, help="Prompt tokens of the timed prefill (0: none).")]
+    = SessionOptionsSettings.prefill,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved repetitions (medians reported).")]
+    = SessionOptionsSettings.rounds,
+    threads: MeasureThreadsOption = None, out: OutOption = None, name: NameOption = None,
+) -> None:
+    """The decoder's prefill and decode under onnxruntime's session options (spinning, memory
+    arena, optimisation level, denormals, thread-pool block size, threads), side by side."""
+    from glm4v_edge.bench.session_options import markdown, measure_session_options
+    settings = SessionOptionsSettings(artifacts, dtype, tuple(part.strip() for part in cases.split(",")), past, steps,
+                                      prefill, rounds, threads, out, name)
+    measure_and_write(measure_session_options, markdown, settings, artifacts)
 
 
 @bench_app.command("stage-profile")

@@ -16,8 +16,8 @@ from glm4v_edge.bench.space_check import demo_metrics, reply_text
 from glm4v_edge.errors import Glm4vEdgeError
 from tests.conftest import assert_one_line_error, run_cli
 
-SUBCOMMANDS = ("conversation", "decode-depth", "decode-profile", "stage-profile", "ttft", "vision-memory",
-               "space-check", "record", "index")
+SUBCOMMANDS = ("conversation", "decode-depth", "decode-profile", "session-options", "stage-profile", "ttft",
+               "vision-memory", "space-check", "record", "index")
 
 
 def measure(*args: str, out: Path) -> dict:
@@ -73,6 +73,20 @@ def test_decode_profile_splits_a_step_by_operator(artifacts, tmp_path):
     assert profile["step_ms"]["median"] > 0 and profile["past"] == 8
     assert "MatMulNBits" in profile["by_op"] and sum(op["share"] for op in profile["by_op"].values()) == \
         pytest.approx(1, abs=0.02)
+
+
+def test_session_options_times_each_case_beside_the_defaults(artifacts, tmp_path):
+    record = measure("session-options", "--artifacts", str(artifacts), "--cases", "no spinning,1 thread",
+                     "--past", "8", "--steps", "2", "--prefill", "8", "--rounds", "2", "--threads", "2", out=tmp_path)
+    cases = record["cases"]
+    assert list(cases) == ["defaults", "no spinning", "1 thread"]  # the defaults first: the ratios need them
+    assert cases["defaults"]["decode_vs_defaults"] == cases["defaults"]["prefill_vs_defaults"] == 1
+    assert cases["1 thread"]["options"]["threads"] == 1 and cases["no spinning"]["options"]["spinning"] is False
+    for case in cases.values():
+        assert case["decode_ms"] > 0 and case["prefill_ms"] > 0 and case["load_s"] > 0 and len(case["rounds"]) == 2
+    assert "session options" in index_entries(tmp_path)[0].what
+    assert_one_line_error(run_cli("bench", "session-options", "--artifacts", str(artifacts), "--cases", "turbo"),
+                          "unknown session-options case 'turbo'")
 
 
 def test_stage_profile_counts_each_stage_against_the_machine(artifacts, tmp_path):

@@ -91,6 +91,12 @@ def describe_stage_profile(record: dict) -> str:
             f"{settings.get('threads')} threads; {_names(record['stages'])}")
 
 
+def describe_session_options(record: dict) -> str:
+    settings = _settings(record)
+    return (f"{_what(record)}: onnx-{settings.get('dtype')}, decode after {settings.get('past')} positions; "
+            f"{_names(record['cases'])}")
+
+
 def describe_vision_memory(record: dict) -> str:
     cases = [f"{model} ({_names(sizes)})" for model, sizes in record["results"].items()]
     return f"{_what(record)}: {_settings(record)['dtype']}; {'; '.join(cases)}"
@@ -132,6 +138,8 @@ KINDS = [
     Kind("decode-profile", frozenset({"onnxruntime", "results"}), _made_by("decode-profile", "decode_profile.py"),
          describe_decode_profile),
     Kind("stage-profile", frozenset({"stages", "peak"}), "`glm4v-edge bench stage-profile`", describe_stage_profile),
+    Kind("session-options", frozenset({"cases", "shared_cache"}), "`glm4v-edge bench session-options`",
+         describe_session_options),
     Kind("ttft", frozenset({"variant", "load_s", "results"}), _made_by("ttft", "cpu_profile_ttft.py"),
          describe_ttft),
     Kind("vision-memory", frozenset({"dtype", "results"}), _made_by("vision-memory", "vision_memory.py"),

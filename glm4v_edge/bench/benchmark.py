@@ -61,7 +61,7 @@ def plan_bench(settings: BenchSettings) -> BenchPlan:
 def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dict, list[Path]]:
     """Measure every variant against the baseline; return the record and the files written."""
     from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs, default_threads
-    from glm4v_edge.bench.machine_peak import read_bandwidths
+    from glm4v_edge.bench.machine_peak import fastest_read, read_bandwidths
     from glm4v_edge.bench.report import build_record, write_report
     from glm4v_edge.bench.runner import Job, run_benchmark
     from glm4v_edge.hub import pinned
@@ -96,8 +96,7 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
                     task_questions=plan.task_questions, isolation="each variant in its own spawned process")
     machine = {**describe_machine(), "copy_bandwidth_threads": copy_threads}
     if read:  # the read-only floor's bandwidth: the fastest read-only loop, with what each loop reached
-        machine.update(read_bandwidths_gbs=read, read_bandwidth_gbs=max(read.values()),
-                       read_loop=max(read, key=read.get))
+        machine.update(read_bandwidths_gbs=read, **fastest_read(read))
     record = build_record(settings.name or Path(settings.artifacts).name, recorded, machine, bandwidth, results,
                           plan.baseline)
     return record, write_report(record, settings.results_folder)

@@ -146,6 +146,11 @@ def read_bandwidths(threads: int, read_mib: int = READ_MIB, runs: int = 5) -> di
         return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in loops.items()}
 
 
+def fastest_read(reads: dict[str, float]) -> dict:
+    """The read-only bandwidth a floor divides by: the fastest loop's GB/s, and which loop it was."""
+    return {"read_bandwidth_gbs": max(reads.values()), "read_loop": max(reads, key=reads.get)}
+
+
 def measure_machine_peak(threads: int, gemm_size: int = GEMM_SIZE, read_mib: int = READ_MIB) -> dict:
     """The peaks the stage profile is bounded by, with what each best came from."""
     gemm = gemm_peaks(threads, gemm_size)
@@ -158,7 +163,6 @@ def measure_machine_peak(threads: int, gemm_size: int = GEMM_SIZE, read_mib: int
         "int8_gmacs": max(int8.values()),
         "int8_kernel": max(int8, key=int8.get),
         "read_gbs": reads,
-        "read_bandwidth_gbs": max(reads.values()),
-        "read_loop": max(reads, key=reads.get),
+        **fastest_read(reads),
         "copy_bandwidth_gbs": copy_bandwidth_gbs("cpu", threads=threads),
     }

@@ -25,9 +25,10 @@ def onnx_folder(artifacts: str | Path, dtype: str) -> Path:
     return artifacts_folder(artifacts, [check_onnx_build(artifacts, dtype)])
 
 
-def cpu_session(graph, threads: int, profile_prefix: Path | None = None):
+def cpu_session(graph, threads: int, profile_prefix: Path | None = None, configure=None):
     """An onnxruntime CPU session on ``threads`` intra-op threads for ``graph`` (a path, or an
-    ``onnx.ModelProto``), quiet; with ``profile_prefix``, its profiler on (write with end_profiling)."""
+    ``onnx.ModelProto``), quiet; with ``profile_prefix``, its profiler on (write with end_profiling);
+    ``configure(options)``: more session options set before it opens."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -36,5 +37,7 @@ def cpu_session(graph, threads: int, profile_prefix: Path | None = None):
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
+    if configure is not None:
+        configure(options)
     source = str(graph) if isinstance(graph, (str, Path)) else graph.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -35,6 +35,20 @@ class SessionCase:
     optimization: str = "all"  # graph optimisation level: all, extended or basic
     config: tuple[tuple[str, str], ...] = ()  # session config entries
 
+    def apply(self, options) -> None:
+        """Set this case's options on an onnxruntime ``SessionOptions`` (the thread count aside)."""
+        import onnxruntime as ort
+
+        levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+        options.enable_cpu_mem_arena = self.arena
+        options.graph_optimization_level = levels[self.optimization]
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in self.config:
+            options.add_session_config_entry(key, value)
+
 
 DEFAULTS = "defaults"
 CASES = {
@@ -68,24 +82,6 @@ def check_cases(names: tuple[str, ...]) -> None:
         raise Glm4vEdgeError(f"unknown session-options case {unknown[0]!r}; known: {', '.join(CASES)}")
 
 
-def open_session(path: Path, case: SessionCase, threads: int):
-    import onnxruntime as ort
-
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = case.threads or threads
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = case.arena
-    options.graph_optimization_level = levels[case.optimization]
-    if not case.spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    for key, value in case.config:
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def prefill_ms(variant, tokens: int) -> float:
     """Best of two prefills of ``tokens`` random embeddings, the cache written in place."""
     rng = np.random.default_rng(tokens)
@@ -103,11 +99,13 @@ def prefill_ms(variant, tokens: int) -> float:
 
 def measure_case(variant, case: SessionCase, settings: SessionOptionsSettings) -> dict:
     from glm4v_edge.bench.decode_depth import onnx_step_ms
+    from glm4v_edge.bench.onnx_build import cpu_session
 
     variant.decoder.session = None  # one copy of the weights at a time
     gc.collect()
     start = time.perf_counter()
-    variant.decoder.session = open_session(variant.decoder.path, case, settings.threads)
+    variant.decoder.session = cpu_session(variant.decoder.path, case.threads or settings.threads,
+                                          configure=case.apply)
     load_s = time.perf_counter() - start
     return {"load_s": round(load_s, 2),
             "prefill_ms": prefill_ms(variant, settings.prefill) if settings.prefill else None,

@@ -19,9 +19,13 @@ EMBED_INPUT, EMBED_OUTPUT = "input_ids", "inputs_embeds"
 DECODER_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "num_logits_to_keep")
 LOGITS = "logits"
 PAST, PRESENT = "past_key_values", "present"
-# manifest "kv_cache": the decoder's attention (GroupQueryAttention) writes new positions into a
-# preallocated cache bound as both past and present; exports without it concatenate every step.
+# manifest "kv_cache": "preallocated": the decoder writes the new positions into the cache it is
+# given, which must have room for them, bound as both past and present (contrib_ops.cached_attention);
+# "shared" (earlier exports, GroupQueryAttention): the same when bound so, else it concatenates;
+# absent: it concatenates every step.
+PREALLOCATED_KV_CACHE = "preallocated"
 SHARED_KV_CACHE = "shared"
+IN_PLACE_KV_CACHES = (PREALLOCATED_KV_CACHE, SHARED_KV_CACHE)
 
 # Variant names: torch (the checkpoint in transformers), onnx-<dtype>, gptq-int<bits> and
 # rtn-int<bits> (GPTQModel checkpoints), remote (an OpenAI-compatible server).

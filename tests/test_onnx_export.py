@@ -106,16 +106,17 @@ def test_fp32_generates_the_torch_reply(tiny_variant, onnx_fp32, qtype):
     assert ours.reply.final_answer == sample.answer
 
 
-@pytest.mark.parametrize("new_tokens", [0, 12], ids=["cache-per-step", "cache-in-place"])
+@pytest.mark.parametrize("new_tokens", [0, 12], ids=["cache-grown-when-full", "cache-with-room"])
 def test_kv_cache_decode_equals_full_recompute(onnx_fp32, new_tokens):
-    """Both caches: joined into a new one each step (older exports), and preallocated with room
-    for the reply and written in place (exports whose manifest says ``kv_cache: shared``)."""
-    assert onnx_fp32.shared_cache and onnx_fp32.manifest["kv_cache"] == "shared"
+    """The preallocated cache, written in place: with room for the reply (as generate() allocates
+    it), and with room for the prompt only, moved to a larger one when a step finds it full."""
+    assert onnx_fp32.shared_cache and onnx_fp32.manifest["kv_cache"] == "preallocated"
     sample = shapes.heldout("color")
     batch = build_batch(onnx_fp32.processor, [sample.messages()])
     prompt = batch["input_ids"].shape[1]
     logits, state = onnx_fp32.prefill(batch, new_tokens=new_tokens)
     cache = state.past
+    assert cache[0].shape()[2] == prompt + new_tokens
     stepped, tokens = [logits[0]], []
     for _ in range(12):
         tokens.append(int(stepped[-1].argmax()))
@@ -124,15 +125,7 @@ def test_kv_cache_decode_equals_full_recompute(onnx_fp32, new_tokens):
     np.testing.assert_allclose(np.stack(stepped), full[prompt - 1:], atol=1e-4)
     in_place = [value is before for value, before in zip(state.past, cache)]
     assert all(in_place) if new_tokens else not any(in_place)
-    assert state.past[0].shape()[2] == prompt + 12
-
-
-def test_exports_without_an_in_place_cache_generate_the_same_reply(onnx_fp32, monkeypatch):
-    sample = shapes.heldout("two_images", 1)
-    in_place = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=40, sampling=Sampling.greedy()))
-    monkeypatch.setattr(onnx_fp32, "shared_cache", False)  # what a manifest without "kv_cache" gives
-    per_step = collect(onnx_fp32.generate(sample.messages(), max_new_tokens=40, sampling=Sampling.greedy()))
-    assert in_place.token_ids == per_step.token_ids and in_place.reply.final_answer == sample.answer
+    assert state.past[0].shape()[2] == (prompt + 12 if new_tokens else 2 * prompt)
 
 
 def test_batch_of_two_left_padded_prompts(tiny_variant, onnx_fp32):
@@ -239,22 +232,36 @@ def test_fp16_graph_keeps_reductions_in_fp32(artifacts):
     assert inputs["inputs_embeds"] == onnx.TensorProto.FLOAT16
     ops = {n.op_type for n in model.graph.node}
     assert "Cast" in ops  # casts around the ops kept in fp32
+    # the decode attention's softmax, inside an If branch, has its casts in that branch
+    branches = [a.g for n in model.graph.node if n.op_type == "If" for a in n.attribute]
+    for branch in (g for g in branches if any(n.op_type == "Softmax" for n in g.node)):
+        made_by = {output: n.op_type for n in branch.node for output in n.output}
+        softmax = next(n for n in branch.node if n.op_type == "Softmax")
+        read_by = {n.op_type for n in branch.node if softmax.output[0] in n.input}
+        assert made_by[softmax.input[0]] == "Cast" and read_by == {"Cast"}
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "q4"])
 def test_graphs_use_onnxruntime_fused_ops(artifacts, dtype):
-    """One fused node per norm, rotary and attention; no unfused attention left in the decoder
-    (its repeat-KV Expand and Softmax) and none in the vision tower."""
+    """One fused node per norm and rotary; per layer, the cache written by two ScatterND, then an
+    If: one grouped product per key/value head for a decode step, GroupQueryAttention for a
+    prefill. The vision tower's attention fused."""
     import onnx
 
+    from glm4v_edge.export.precisions import every_node
+
     text = load_config(artifacts).text_config
-    decoder = collections.Counter(n.op_type for n in onnx.load(
-        str(artifacts / graph_file("decoder_model_merged", dtype)), load_external_data=False).graph.node)
+    graph = onnx.load(str(artifacts / graph_file("decoder_model_merged", dtype)), load_external_data=False).graph
+    decoder = collections.Counter(n.op_type for n in graph.node)
     layers = text.num_hidden_layers
-    assert decoder["GroupQueryAttention"] == layers and decoder["RotaryEmbedding"] == 2 * layers
+    assert decoder["ScatterND"] == 2 * layers and decoder["If"] == layers
+    branches = collections.Counter(n.op_type for n in every_node(graph)) - decoder
+    assert branches["GroupQueryAttention"] == layers and branches["FusedMatMul"] == layers
+    assert branches["Softmax"] == layers and decoder["Softmax"] == 0  # the decode branch's, none unfused
+    assert decoder["RotaryEmbedding"] == 2 * layers
     assert decoder["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert decoder["SimplifiedLayerNormalization"] == 2 * layers + 1  # 2 branch norms per layer + the first
-    assert decoder["Softmax"] == 0 and decoder["Pow"] == 0
+    assert decoder["Pow"] == 0
     vision = collections.Counter(n.op_type for n in onnx.load(
         str(artifacts / graph_file("vision_encoder", dtype)), load_external_data=False).graph.node)
     assert vision["MultiHeadAttention"] == load_config(artifacts).vision_config.depth and vision["Softmax"] == 0

@@ -5,7 +5,7 @@ A thinking model's reply runs to thousands of tokens, so decode speed deep into 
 matters as much as at its start. The ONNX rows time the exported decoder alone after ``depth``
 cached positions (random embeddings and cache: the work does not depend on the values), ``steps``
 steps after warm-up, median over steps, then over ``rounds``: "cache per step" feeds the cache as
-an input and gets a longer one back each step (what exports without ``kv_cache: shared`` do);
+an input and gets a new one back each step (what exports without an in-place ``kv_cache`` do);
 "cache in place" binds one preallocated cache as both past and present, as generate() does.
 llama-bench decodes ``steps`` tokens after a context of each depth (``tg@d``, its mean). Depths
 and rounds are interleaved, every row of a depth measured back to back, so a shared machine's
@@ -45,7 +45,8 @@ def onnx_step_ms(variant, depth: int, steps: int, in_place: bool) -> float:
     """Median ms of one decode step of an ONNX variant's decoder after ``depth`` cached positions."""
     rng = np.random.default_rng(depth)
     dtype = variant.decoder.float_type(variant.past_names[0])
-    room = depth + (steps + WARM_UP_STEPS if in_place else 0)
+    # Per step a preallocated cache still needs room for the one position the step writes.
+    room = depth + (steps + WARM_UP_STEPS if in_place else int(variant.cache_needs_room))
     arrays = [rng.standard_normal((1, variant.kv_heads, room, variant.head_dim)).astype(dtype)
               for _ in variant.past_names]
     cache = [variant.decoder.value(array) for array in arrays]  # on CPU these point at the arrays

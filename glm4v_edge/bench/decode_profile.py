@@ -3,8 +3,10 @@ profiler (``glm4v-edge bench decode-profile``).
 
 Each build's decoder graph runs one new token after ``past`` cached positions (random embeddings
 and cache: the work does not depend on the values), ``steps`` times after warm-up, on ``threads``
-intra-op threads. Recorded per graph: the median and p90 step time without profiling, then the
-profiler's kernel time per operator type per step (profiling adds overhead: read the shares).
+intra-op threads, as ``generate`` runs it: a cache written in place (manifest ``kv_cache``) is
+bound as both past and present, with room for the new position. Recorded per graph: the median
+and p90 step time without profiling, then the profiler's kernel time per operator type per step
+(profiling adds overhead: read the shares).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import collections
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,8 +40,9 @@ class DecodeProfileSettings:
     name: str | None = None
 
 
-def decode_inputs(session, past: int) -> dict[str, np.ndarray]:
-    """One new token's inputs after ``past`` random cached positions, shaped as the graph says."""
+def decode_inputs(session, past: int, room: int | None = None) -> dict[str, np.ndarray]:
+    """One new token's inputs after ``past`` random cached positions, shaped as the graph says;
+    ``room``: the cache's positions (a preallocated cache holds the new one too; default ``past``)."""
     rng = np.random.default_rng(0)
     inputs = {}
     for value in session.get_inputs():
@@ -51,19 +54,40 @@ def decode_inputs(session, past: int) -> dict[str, np.ndarray]:
             inputs[value.name] = np.full((3, 1, 1), past, np.int64)
         elif value.name == "num_logits_to_keep":
             inputs[value.name] = np.array(1, np.int64)
-        else:  # past_key_values.N.key / value: (batch, kv_heads, past, head_dim)
-            shape = (1, value.shape[1], past, value.shape[3])
+        else:  # past_key_values.N.key / value: (batch, kv_heads, room, head_dim)
+            shape = (1, value.shape[1], room or past, value.shape[3])
             inputs[value.name] = rng.standard_normal(shape).astype(FLOAT_TYPES[value.type])
     return inputs
 
 
-def step_times_ms(session, inputs: dict, steps: int) -> list[float]:
+def step_runner(session, inputs: dict[str, np.ndarray], in_place: bool) -> Callable[[], object]:
+    """One decode step of ``session`` on ``inputs``; ``in_place``: each present output bound to
+    its past input's buffer (the arrays in ``inputs``), as ``generate`` binds an in-place cache."""
+    if not in_place:
+        return lambda: session.run(None, inputs)
+    import onnxruntime as ort
+
+    from glm4v_edge.names import PAST, PRESENT
+
+    binding = session.io_binding()
+    values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in inputs.items()}
+    for name, value in values.items():
+        binding.bind_ortvalue_input(name, value)
+    for output in session.get_outputs():
+        if output.name.startswith(PRESENT):
+            binding.bind_ortvalue_output(output.name, values[PAST + output.name.removeprefix(PRESENT)])
+        else:
+            binding.bind_output(output.name)
+    return lambda: session.run_with_iobinding(binding)
+
+
+def step_times_ms(step: Callable[[], object], steps: int) -> list[float]:
     for _ in range(WARM_UP_STEPS):
-        session.run(None, inputs)
+        step()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        session.run(None, inputs)
+        step()
         times.append((time.perf_counter() - start) * 1000)
     return times
 
@@ -84,17 +108,20 @@ def kernel_time_by_op(events: list[dict]) -> tuple[collections.Counter, collecti
 
 def profile_graph(path: Path, past: int, steps: int, threads: int) -> dict:
     from glm4v_edge.bench.onnx_build import cpu_session
+    from glm4v_edge.manifest import read_manifest
+    from glm4v_edge.names import IN_PLACE_KV_CACHES
 
     session = cpu_session(path, threads)
-    inputs = decode_inputs(session, past)
-    times = step_times_ms(session, inputs, steps)
+    in_place = read_manifest(path.parent.parent).get("kv_cache") in IN_PLACE_KV_CACHES
+    inputs = decode_inputs(session, past, past + 1 if in_place else past)
+    times = step_times_ms(step_runner(session, inputs, in_place), steps)
     with tempfile.TemporaryDirectory() as folder:  # a second session: profiling slows every step
         profiled = cpu_session(path, threads, Path(folder) / "profile")
-        step_times_ms(profiled, inputs, steps)
+        step_times_ms(step_runner(profiled, inputs, in_place), steps)
         by_op, nodes = kernel_time_by_op(json.loads(Path(profiled.end_profiling()).read_text()))
     runs, total = steps + WARM_UP_STEPS, sum(by_op.values())
     return {
-        "graph": str(path), "past": past, "threads": threads, "steps": steps,
+        "graph": str(path), "past": past, "threads": threads, "steps": steps, "cache_in_place": in_place,
         "step_ms": {"median": round(float(np.median(times)), 2), "p90": round(float(np.percentile(times, 90)), 2)},
         "profiled_kernel_ms_per_step": round(total / runs / 1000, 2),
         "by_op": {op: {"ms_per_step": round(us / runs / 1000, 3), "nodes": nodes[op] // runs,

@@ -38,10 +38,9 @@ from glm4v_edge.progress import SILENT, Progress
 KIND = "stage-profile"
 # Counted from their shapes alone; DynamicQuantizeMatMul and MatMulIntegerToFloat are onnxruntime's
 # fusions of MatMulInteger, so a fused node, absent from the file, is counted too.
-MATMULS = {"MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+MATMULS = {"MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 CONVS = {"Conv", "ConvInteger"}
 INT8_OPS = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ConvInteger"}  # + MatMulNBits, level 4
-ATTENTION_OPS = {"MultiHeadAttention", "GroupQueryAttention", "Attention"}
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,12 @@ def graph_nodes(path: Path) -> dict[str, NodeInfo]:
     """What the multiply-add count needs of each node that the profile's shapes do not say."""
     import onnx
 
+    from glm4v_edge.export.precisions import every_node
+
     model = onnx.load(str(path), load_external_data=False)
     dims = {tensor.name: tuple(tensor.dims) for tensor in model.graph.initializer}
     nodes = {}
-    for node in model.graph.node:
+    for node in every_node(model.graph):
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         weight = None
         if node.op_type == "MatMulNBits":

@@ -17,7 +17,7 @@ from transformers.vision_utils import get_vision_position_ids
 
 from glm4v_edge.dims import kv_shape
 from glm4v_edge.export import contrib_ops
-from glm4v_edge.export.contrib_ops import gqa, gqa_lengths_and_bias, rms_norm, rotary, rotary_tables, skip_rms_norm
+from glm4v_edge.export.contrib_ops import cached_attention, padding_bias, rms_norm, rotary, rotary_tables, skip_rms_norm
 from glm4v_edge.names import (
     DECODER_INPUTS,
     EMBED_INPUT,
@@ -83,7 +83,12 @@ class EmbedTokens(torch.nn.Module):
 
 
 class Decoder(torch.nn.Module):
-    """inputs_embeds + mask + 3D positions + past key/values -> logits + present key/values.
+    """inputs_embeds + mask + 3D positions + key/value cache -> logits + the cache written.
+
+    The cache (batch, kv_heads, room, head_dim) per layer is preallocated by the caller with room
+    for the past and the new positions; the first ``past`` hold the past (``past`` = the mask's
+    length - the new positions), the new ones are written after them and the present is the same
+    buffer (bound as both, nothing is copied).
 
     transformers' Glm4vTextModel layer by layer, on its own modules and weights, with the pieces
     onnxruntime has fused kernels for written as ``contrib_ops`` (RMSNorm, residual + RMSNorm,
@@ -97,16 +102,16 @@ class Decoder(torch.nn.Module):
         self.lm_head = model.lm_head
         text = model.config.text_config
         self.heads, self.kv_heads = text.num_attention_heads, text.num_key_value_heads
-        head_dim = text.hidden_size // text.num_attention_heads
-        self.rotary_dim = int(head_dim * text.rope_parameters.get("partial_rotary_factor", 1.0))
+        self.head_dim = text.hidden_size // text.num_attention_heads
+        self.rotary_dim = int(self.head_dim * text.rope_parameters.get("partial_rotary_factor", 1.0))
 
     def forward(self, inputs_embeds, attention_mask, position_ids, num_logits_to_keep, past_key_values):
         model = self.language_model
         # Computed once for every layer: rotary tables (transformers gives each pair's angle
-        # twice, one value per rotated pair is kept), attention lengths and padding bias.
+        # twice, one value per rotated pair is kept) and the padding bias.
         cos, sin = (t[..., 0::2] for t in model.rotary_emb(inputs_embeds, position_ids))
         rotary_ids, cos_cache, sin_cache = rotary_tables(cos, sin)
-        lengths = gqa_lengths_and_bias(attention_mask, inputs_embeds.shape[1], inputs_embeds.dtype)
+        bias = padding_bias(attention_mask, inputs_embeds.shape[1], inputs_embeds.dtype)
         layers = model.layers
         first = layers[0].input_layernorm
         hidden, residual = rms_norm(inputs_embeds, first.weight, first.variance_epsilon), inputs_embeds
@@ -116,8 +121,8 @@ class Decoder(torch.nn.Module):
             query = rotary(attn.q_proj(hidden), rotary_ids, cos_cache, sin_cache, self.heads, self.rotary_dim)
             key = rotary(attn.k_proj(hidden), rotary_ids, cos_cache, sin_cache, self.kv_heads, self.rotary_dim)
             past_key, past_value = past_key_values[2 * index], past_key_values[2 * index + 1]
-            out, key, value = gqa(query, key, attn.v_proj(hidden), past_key, past_value, *lengths,
-                                  self.heads, self.kv_heads)
+            out, key, value = cached_attention(query, key, attn.v_proj(hidden), past_key, past_value, bias,
+                                               self.heads, self.kv_heads, self.head_dim)
             presents += [key, value]
             hidden, residual = self._residual_norm(attn.o_proj(out), layer.post_self_attn_layernorm,
                                                    residual, layer.post_attention_layernorm)
@@ -177,12 +182,12 @@ def decoder_spec(model: Glm4vForConditionalGeneration) -> GraphSpec:
     layers = model.config.text_config.num_hidden_layers
     heads, head_dim = kv_shape(model.config)
     dtype = model.dtype
-    batch, sequence, past = 2, 5, 3  # all > 1 so no dimension is specialised
+    batch, sequence, past, room = 2, 5, 3, 10  # all > 1 and distinct, so no dimension is specialised
     embeds = torch.randn(batch, sequence, model.config.text_config.hidden_size, dtype=dtype)
     mask = torch.ones(batch, past + sequence, dtype=torch.int64)
     positions = torch.arange(past, past + sequence).view(1, 1, -1).expand(3, batch, -1).contiguous()
-    cache = tuple(torch.randn(batch, heads, past, head_dim, dtype=dtype) for _ in range(2 * layers))
-    b, s, p, total = (torch.export.Dim(name) for name in ("batch", "sequence", "past_sequence", "total_sequence"))
+    cache = tuple(torch.randn(batch, heads, room, head_dim, dtype=dtype) for _ in range(2 * layers))
+    b, s, p, total = (torch.export.Dim(name) for name in ("batch", "sequence", "cache_sequence", "total_sequence"))
     return GraphSpec(
         Decoder(model), (embeds, mask, positions, torch.tensor(1), cache),
         ({0: b, 1: s}, {0: b, 1: total}, {1: b, 2: s}, None, tuple({0: b, 2: p} for _ in cache)),

@@ -66,9 +66,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     with quiet_converters():
-        return without_repeated_nodes(convert_float_to_float16(
+        return casts_beside_their_producers(without_repeated_nodes(convert_float_to_float16(
             without_unused_optional_outputs(model), keep_io_types=False,
-            op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS)))
+            op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS))))
 
 
 def without_unused_optional_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -98,6 +98,37 @@ def output_options() -> dict[tuple[str, str], tuple[str, ...]]:
         domain = "" if schema.domain == "ai.onnx" else schema.domain
         newest[domain, schema.name] = tuple(o.option.name for o in schema.outputs)
     return newest
+
+
+def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """A graph's nodes, each followed by those of its subgraphs (the decoder's attention ``If``)."""
+    for node in graph.node:
+        yield node
+        for subgraph in _subgraphs(node):
+            yield from every_node(subgraph)
+
+
+def casts_beside_their_producers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with each Cast that reads a subgraph's value moved into that subgraph, right after
+    the node that makes the value. onnxruntime's float16 converter appends the Casts around a node
+    it keeps in fp32 to the main graph even when the node sits in an If branch (the decode
+    attention's Softmax), where onnxruntime cannot see their inputs and refuses the graph."""
+    visible = {value.name for value in (*model.graph.input, *model.graph.initializer)}
+    visible |= {name for node in model.graph.node for name in node.output}
+    made_in = {name: graph for node in model.graph.node for graph in _subgraphs(node)
+               for inner in every_node(graph) for name in inner.output}
+    stray = [node for node in model.graph.node
+             if node.op_type == "Cast" and node.input[0] not in visible and node.input[0] in made_in]
+    for cast in stray:
+        graph = made_in[cast.input[0]]
+        producer = next(index for index, node in enumerate(graph.node) if cast.input[0] in node.output)
+        graph.node.insert(producer + 1, cast)
+        model.graph.node.remove(cast)
+    return model
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    return (attribute.g for attribute in node.attribute if attribute.type == onnx.AttributeProto.GRAPH)
 
 
 def without_repeated_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -33,9 +33,10 @@ from glm4v_edge.manifest import read_manifest, verify_file
 from glm4v_edge.names import (
     DECODER_INPUTS,
     EMBED_INPUT,
+    IN_PLACE_KV_CACHES,
     PAST,
+    PREALLOCATED_KV_CACHE,
     PRESENT,
-    SHARED_KV_CACHE,
     VISION_INPUTS,
     external_data_files,
     graph_file,
@@ -212,8 +213,10 @@ class OnnxVariant:
         self.decoder = self._graph("decoder_model_merged", dtype, threads)
         self.past_names = kv_names(self.config.text_config.num_hidden_layers, PAST)
         self.present_names = kv_names(self.config.text_config.num_hidden_layers, PRESENT)
-        # Exports that say so update the cache in place (GroupQueryAttention); older ones concatenate.
-        self.shared_cache = self.manifest.get("kv_cache") == SHARED_KV_CACHE
+        # Exports that say so update the cache in place; older ones concatenate. A preallocated
+        # cache must always have room for the new positions (the graph cannot grow it).
+        self.shared_cache = self.manifest.get("kv_cache") in IN_PLACE_KV_CACHES
+        self.cache_needs_room = self.manifest.get("kv_cache") == PREALLOCATED_KV_CACHE
         self.kv_heads, self.head_dim = kv_shape(self.config)
         self.context_length = context_length(self.config)
         self.prompt_cache: PromptCache | None = None  # set by the loader: reuse earlier prompts' cache
@@ -320,7 +323,7 @@ class OnnxVariant:
         positions, next_position = self._positions(batch)
         mask = batch["attention_mask"]
         start = reuse.reused if reuse else 0
-        in_place = self.shared_cache and new_tokens > 0
+        in_place = self.shared_cache and (new_tokens > 0 or self.cache_needs_room)
         cache, host = self.new_cache(len(mask), mask.shape[1] + new_tokens if in_place else start,
                                      prefix=reuse.entry.kv if start else None, filled=start)
         logits, present = self.decode(self.input_embeddings(batch, reuse), mask, positions[:, :, start:], cache,
@@ -340,12 +343,22 @@ class OnnxVariant:
         ids = token_ids.reshape(-1, 1).astype(np.int64)
         embeds = self.embed.run({EMBED_INPUT: ids})[0].numpy()
         positions = np.broadcast_to(state.next_position[None, :, None], (3, len(ids), 1))
+        written = state.attention_mask.shape[1]
         state.attention_mask = np.concatenate([state.attention_mask, np.ones_like(ids)], axis=1)
+        if state.shared_cache and self.cache_needs_room and state.past[0].shape()[2] <= written:
+            self._grow_cache(state, written)
         logits, state.past = self.decode(embeds, state.attention_mask, positions, state.past, keep=1,
                                          in_place=state.shared_cache)
         state.next_position = state.next_position + 1
         state.input_ids = torch.cat([state.input_ids, torch.from_numpy(ids)], dim=1)
         return logits[:, -1]
+
+    def _grow_cache(self, state: DecodeState, written: int) -> None:
+        """A full preallocated cache moved to one with twice the room (a prompt run with no room
+        for a reply, then stepped): the graph writes into the cache it is given, it cannot grow it."""
+        room = min(2 * written, max(self.context_length, written + 1))
+        state.past, host = self.new_cache(len(state.attention_mask), room, prefix=state.kv(written), filled=written)
+        state.host = host if self.decoder.device == "cpu" else None
 
     # --- the Variant protocol ------------------------------------------------------------
 

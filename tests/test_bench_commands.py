@@ -73,6 +73,22 @@ def test_decode_profile_splits_a_step_by_operator(artifacts, tmp_path):
     assert profile["step_ms"]["median"] > 0 and profile["past"] == 8
     assert "MatMulNBits" in profile["by_op"] and sum(op["share"] for op in profile["by_op"].values()) == \
         pytest.approx(1, abs=0.02)
+    # as generate() runs it: the cache bound in place, the decode branch of each layer's If
+    assert profile["cache_in_place"] and {"If", "FusedMatMul"} <= set(profile["by_op"])
+    assert "GroupQueryAttention" not in profile["by_op"]
+
+
+def test_a_branch_node_counts_once():
+    """An If's kernel event spans its branch's node events: each keeps only its own time."""
+    from glm4v_edge.bench.decode_profile import kernel_events
+
+    def node(op: str, ts: int, dur: int) -> dict:
+        return {"cat": "Node", "name": f"{op}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [node("MatMulNBits", 0, 50), node("If", 60, 30), node("Slice", 62, 10), node("MatMul", 75, 12),
+              node("Add", 95, 5), {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}]
+    own = {event["args"]["op_name"]: event["dur"] for event in kernel_events(events)}
+    assert own == {"MatMulNBits": 50, "If": 8, "Slice": 10, "MatMul": 12, "Add": 5}
 
 
 def test_session_options_times_each_case_beside_the_defaults(artifacts, tmp_path):

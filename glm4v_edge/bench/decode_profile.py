@@ -12,6 +12,7 @@ and p90 step time without profiling, then the profiler's kernel time per operato
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import tempfile
 import time
@@ -27,6 +28,7 @@ from glm4v_edge.progress import SILENT, Progress
 KIND = "decode-profile"
 WARM_UP_STEPS = 3
 FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+CONTROL_FLOW = {"If", "Loop", "Scan"}  # their kernel events contain their branches' node events
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,24 @@ def step_times_ms(step: Callable[[], object], steps: int) -> list[float]:
 
 
 def kernel_events(events: list[dict]) -> Iterator[dict]:
-    """A profile's node kernel events (each names its node ``<node>_kernel_time``, its op in args)."""
-    return (event for event in events if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"))
+    """A profile's node kernel events in time order (each names its node ``<node>_kernel_time``,
+    its op in args). A control-flow node's event spans those of the nodes its branch ran, which
+    are reported too; its ``dur`` here is its own time (choosing and starting the branch)."""
+    kernels = sorted((event for event in events if event.get("cat") == "Node"
+                      and event["name"].endswith("_kernel_time")), key=lambda event: event["ts"])
+    for index, event in enumerate(kernels):
+        if event["args"]["op_name"] in CONTROL_FLOW:
+            yield {**event, "dur": event["dur"] - branch_time(event, kernels[index + 1:])}
+        else:
+            yield event
+
+
+def branch_time(control_flow: dict, following: list[dict]) -> int:
+    """The time of the node events that ran inside ``control_flow``'s span (``following``: the
+    kernel events after it, in time order)."""
+    end = control_flow["ts"] + control_flow["dur"]
+    inner = itertools.takewhile(lambda event: event["ts"] < end, following)
+    return sum(event["dur"] for event in inner if event["args"]["op_name"] not in CONTROL_FLOW)
 
 
 def kernel_time_by_op(events: list[dict]) -> tuple[collections.Counter, collections.Counter]:

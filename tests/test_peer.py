@@ -114,6 +114,15 @@ def test_a_failing_llama_bench_is_reported_in_one_line(tmp_path):
         peer.run_llama_bench(binary, ["-m", str(gguf), "-p", "8", "-n", "0", "-r", "1"])
 
 
+def test_a_llama_bench_killed_by_a_signal_says_which(tmp_path):
+    """llama.cpp built for AMX died with SIGILL on a machine whose AMX it could not use: named."""
+    binary = tmp_path / "llama-bench"
+    binary.write_text("#!/bin/sh\nkill -ILL $$\n")
+    binary.chmod(0o755)
+    with pytest.raises(Glm4vEdgeError, match="^llama-bench was killed by SIGILL$"):
+        peer.run_llama_bench(binary, [])
+
+
 def test_measure_peer_runs_llama_bench(tmp_path):
     """A real run when llama-bench and a GGUF are at hand (LLAMA_BENCH, GLM4V_EDGE_PEER_GGUF)."""
     import os

@@ -85,7 +85,11 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
 
         for gguf in settings.peers:
             progress.step(f"measuring the llama.cpp peer ({gguf.name})")
-            peer = measure_peer(gguf, copy_threads, results, PROMPT_SETS[settings.prompts].decode_tokens, settings.runs)
+            try:
+                peer = measure_peer(gguf, copy_threads, results, PROMPT_SETS[settings.prompts].decode_tokens,
+                                    settings.runs)
+            except Glm4vEdgeError as error:  # a failed row, as for a variant: the measured rows are kept
+                peer = {"status": "failed", "name": f"llama.cpp {gguf.name}", "error": str(error)}
             results[peer["name"]] = peer
     results.update({name: {"status": "not run", "name": name, "error": reason}
                     for name, reason in plan.not_run.items()})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -52,6 +53,8 @@ def run_llama_bench(binary: Path, arguments: list[str]) -> tuple[list[dict], flo
         sampler = PeakSampler(lambda: status_mib(process.pid, "VmHWM"))
         process.wait()
         peak = sampler.stop()
+        if process.returncode < 0:  # e.g. SIGILL: a build for instructions this machine refuses
+            raise Glm4vEdgeError(f"llama-bench was killed by {signal.Signals(-process.returncode).name}")
         if process.returncode != 0:
             err.seek(0)
             message = err.read().decode(errors="replace").strip().splitlines() or ["no message"]

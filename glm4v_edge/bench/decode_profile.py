@@ -83,15 +83,20 @@ def step_runner(session, inputs: dict[str, np.ndarray], in_place: bool) -> Calla
     return lambda: session.run_with_iobinding(binding)
 
 
-def step_times_ms(step: Callable[[], object], steps: int) -> list[float]:
+def warm_up(step: Callable[[], object]) -> None:
     for _ in range(WARM_UP_STEPS):
         step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+
+
+def timed_ms(step: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    step()
+    return (time.perf_counter() - start) * 1000
+
+
+def step_times_ms(step: Callable[[], object], steps: int) -> list[float]:
+    warm_up(step)
+    return [timed_ms(step) for _ in range(steps)]
 
 
 def kernel_events(events: list[dict]) -> Iterator[dict]:
@@ -124,7 +129,17 @@ def kernel_time_by_op(events: list[dict]) -> tuple[collections.Counter, collecti
     return by_op, nodes
 
 
-def profile_graph(path: Path, past: int, steps: int, threads: int) -> dict:
+@dataclass
+class TimedGraph:
+    """One build's decoder, ready to step: its session, inputs and whether its cache is in place."""
+
+    path: Path
+    inputs: dict[str, np.ndarray]
+    in_place: bool
+    step: Callable[[], object] | None  # None once timed: its session's weights freed
+
+
+def timed_graph(path: Path, past: int, threads: int) -> TimedGraph:
     from glm4v_edge.bench.onnx_build import cpu_session
     from glm4v_edge.manifest import read_manifest
     from glm4v_edge.names import IN_PLACE_KV_CACHES
@@ -132,14 +147,34 @@ def profile_graph(path: Path, past: int, steps: int, threads: int) -> dict:
     session = cpu_session(path, threads)
     in_place = read_manifest(path.parent.parent).get("kv_cache") in IN_PLACE_KV_CACHES
     inputs = decode_inputs(session, past, past + 1 if in_place else past)
-    times = step_times_ms(step_runner(session, inputs, in_place), steps)
-    with tempfile.TemporaryDirectory() as folder:  # a second session: profiling slows every step
-        profiled = cpu_session(path, threads, Path(folder) / "profile")
-        step_times_ms(step_runner(profiled, inputs, in_place), steps)
+    return TimedGraph(path, inputs, in_place, step_runner(session, inputs, in_place))
+
+
+def interleaved_step_times_ms(graphs: dict[str, TimedGraph], steps: int) -> dict[str, list[float]]:
+    """``steps`` decode steps of each graph, the graphs taking turns, in reversed order every other
+    turn: a shared machine's drift falls on every build alike."""
+    for graph in graphs.values():
+        warm_up(graph.step)
+    times = {label: [] for label in graphs}
+    for turn in range(steps):
+        for label in (list(graphs) if turn % 2 == 0 else list(reversed(graphs))):
+            times[label].append(timed_ms(graphs[label].step))
+    return times
+
+
+def profile_graph(graph: TimedGraph, past: int, steps: int, threads: int, times: list[float]) -> dict:
+    """The profiler's kernel time by operator type, in a second session (profiling slows every
+    step), beside ``times``: the unprofiled step times."""
+    from glm4v_edge.bench.onnx_build import cpu_session
+
+    with tempfile.TemporaryDirectory() as folder:
+        profiled = cpu_session(graph.path, threads, Path(folder) / "profile")
+        step_times_ms(step_runner(profiled, graph.inputs, graph.in_place), steps)
         by_op, nodes = kernel_time_by_op(json.loads(Path(profiled.end_profiling()).read_text()))
     runs, total = steps + WARM_UP_STEPS, sum(by_op.values())
     return {
-        "graph": str(path), "past": past, "threads": threads, "steps": steps, "cache_in_place": in_place,
+        "graph": str(graph.path), "past": past, "threads": threads, "steps": steps,
+        "cache_in_place": graph.in_place,
         "step_ms": {"median": round(float(np.median(times)), 2), "p90": round(float(np.percentile(times, 90)), 2)},
         "profiled_kernel_ms_per_step": round(total / runs / 1000, 2),
         "by_op": {op: {"ms_per_step": round(us / runs / 1000, 3), "nodes": nodes[op] // runs,
@@ -160,12 +195,16 @@ def measure_decode_profile(settings: DecodeProfileSettings, progress: Progress =
     from glm4v_edge.bench.bandwidth import default_threads
 
     settings = replace(settings, threads=settings.threads or default_threads())
-    graphs = {label: decoder_graph(folder, settings.dtype) for label, folder in settings.artifacts.items()}
-    progress.start(KIND, len(graphs))
+    paths = {label: decoder_graph(folder, settings.dtype) for label, folder in settings.artifacts.items()}
+    progress.start(KIND, 1 + len(paths))
+    progress.step(f"{settings.steps} steps of each build after {settings.past} cached positions, taking turns")
+    graphs = {label: timed_graph(path, settings.past, settings.threads) for label, path in paths.items()}
+    times = interleaved_step_times_ms(graphs, settings.steps)
     results = {}
     for label, graph in graphs.items():
-        progress.step(f"{label}: {settings.steps} steps after {settings.past} cached positions, then profiled")
-        results[label] = profile_graph(graph, settings.past, settings.steps, settings.threads)
+        progress.step(f"{label}: profiled")
+        graph.step = None  # its timed session goes: one extra copy of the weights at a time
+        results[label] = profile_graph(graph, settings.past, settings.steps, settings.threads, times[label])
     name = record_name(settings.name, KIND, *settings.artifacts.values())
     record = new_record(KIND, name, "one decode step by operator type (onnxruntime profiler)", plain(settings))
     return {**record, "onnxruntime": ort.__version__, "results": results}

@@ -256,8 +256,13 @@ def _group_query_attention(query, key, value, key_cache, value_cache, attention_
 
 
 def _branch(tape: ir.tape.Tape, out: ir.Value, name: str) -> ir.Graph:
+    """The tape's nodes as a graph, each node and value named after the branch: the two branches'
+    values must not share names (onnxruntime 1.24's float16 converter places its casts by value
+    name), and the profiler tells the layers' nodes apart by name."""
     for index, node in enumerate(tape.nodes):
         node.name = f"{name}/{node.op_type}_{index}"
+        for output_index, value in enumerate(node.outputs):
+            value.name = f"{node.name}:{output_index}"
     return ir.Graph([], [out], nodes=tape.nodes, name=name)
 
 

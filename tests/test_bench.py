@@ -51,6 +51,10 @@ def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(be
     assert record["machine"]["copy_bandwidth_gbs"] > 0 and record["machine"]["copy_bandwidth_threads"] >= 1
     reads = record["machine"]["read_bandwidths_gbs"]  # the read floor's bandwidth is the fastest loop's
     assert record["machine"]["read_bandwidth_gbs"] == max(reads.values()) == reads[record["machine"]["read_loop"]]
+    # measured before and after the variants, each loop's faster sample kept (a floor no variant beats)
+    before, after = record["machine"]["bandwidth_samples"]
+    assert reads == {name: max(before["read_gbs"][name], after["read_gbs"][name]) for name in reads}
+    assert record["machine"]["copy_bandwidth_gbs"] == max(before["copy_gbs"], after["copy_gbs"])
     latency = record["results"]["onnx-fp32@healthy"]["latency"]
     assert set(latency) == {"vision", "prefill", "time_to_first_token", "follow_up", "decode"}
     # The follow-up turn started from the first turn's cache: at least the whole first prompt but its last token.

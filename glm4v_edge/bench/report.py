@@ -164,7 +164,8 @@ def markdown(record: dict) -> str:
               "", "Floor: decoder weight bytes / copy bandwidth (read + write), the least time one decode step can "
               "take. Read floor: the same bytes / the fastest read-only loop measured in this run on the variants' "
               "threads (machine_peak.py), a tighter bound when reads alone run slower than a copy counts; (x): "
-              "decode ms/token / read floor.",
+              "decode ms/token / read floor. Both bandwidths are measured before the variants and again after "
+              "them, the faster sample kept.",
               "", "Follow-up TTFT: time to the first token of a second turn about the same image (history as the "
               "demo sends it: the first answer, then a new question), starting from the first turn's prompt cache."]
     lines += peer_lines(summary)

@@ -112,6 +112,8 @@ def test_stage_profile_counts_each_stage_against_the_machine(artifacts, tmp_path
     peak = record["peak"]
     assert peak["int8_gmacs"] == max(rate for name, rate in peak["gemm_gmacs"].items() if name.startswith("int8"))
     assert peak["read_bandwidth_gbs"] == max(peak["read_gbs"].values()) > 0
+    before, after = peak["read_gbs_samples"]  # measured before and after the profile: the faster kept
+    assert peak["read_gbs"] == {loop: max(before[loop], after[loop]) for loop in before}
     stages = record["stages"]
     assert set(stages) == {"vision", "prefill", "decode_step"}
     # Counted from the shapes each node ran with, exactly: every decoder linear once per prompt

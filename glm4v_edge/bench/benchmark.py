@@ -61,7 +61,7 @@ def plan_bench(settings: BenchSettings) -> BenchPlan:
 def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dict, list[Path]]:
     """Measure every variant against the baseline; return the record and the files written."""
     from glm4v_edge.bench.bandwidth import copy_bandwidth_gbs, default_threads
-    from glm4v_edge.bench.machine_peak import fastest_read, read_bandwidths
+    from glm4v_edge.bench.machine_peak import faster_reads, fastest_read, read_bandwidths
     from glm4v_edge.bench.report import build_record, write_report
     from glm4v_edge.bench.runner import Job, run_benchmark
     from glm4v_edge.hub import pinned
@@ -99,7 +99,7 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
     # one no variant beats, so each loop's faster sample is the one the floors divide by.
     samples.append(bandwidths("after them"))
     bandwidth = max(sample["copy_gbs"] for sample in samples)
-    read = {name: max(sample["read_gbs"][name] for sample in samples) for name in samples[0]["read_gbs"]}
+    read = faster_reads([sample["read_gbs"] for sample in samples])
     results.update({name: {"status": "not run", "name": name, "error": reason}
                     for name, reason in plan.not_run.items()})
     recorded = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(settings).items()}

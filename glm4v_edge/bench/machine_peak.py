@@ -146,6 +146,12 @@ def read_bandwidths(threads: int, read_mib: int = READ_MIB, runs: int = 5) -> di
         return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in loops.items()}
 
 
+def faster_reads(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Each read loop's best GB/s over several samples: a shared machine's bandwidth drifts, and
+    a floor measured at a slow moment is one a decode step can beat."""
+    return {name: max(sample[name] for sample in samples) for name in samples[0]}
+
+
 def fastest_read(reads: dict[str, float]) -> dict:
     """The read-only bandwidth a floor divides by: the fastest loop's GB/s, and which loop it was."""
     return {"read_bandwidth_gbs": max(reads.values()), "read_loop": max(reads, key=reads.get)}

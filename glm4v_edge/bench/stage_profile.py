@@ -239,6 +239,8 @@ def measure_stage_profile(settings: StageProfileSettings, progress: Progress = S
             graph.session = cpu_session(graph.path, settings.threads, Path(folder) / name)
         profiled_ttft_s, _ = timed_answer(variant, question, tokens)
         events = {name: json.loads(Path(graph.session.end_profiling()).read_text()) for name, graph in graphs.items()}
+    for graph in graphs.values():  # freed first, so the read loops do not add to the run's peak RSS
+        graph.session = None
     progress.step("the read-only bandwidth again")  # each loop's faster sample bounds the stages
     samples = [peak["read_gbs"], read_bandwidths(settings.threads, settings.read_mib)]
     peak = {**peak, "read_gbs_samples": samples, "read_gbs": faster_reads(samples)}

@@ -19,13 +19,18 @@ EMBED_INPUT, EMBED_OUTPUT = "input_ids", "inputs_embeds"
 DECODER_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "num_logits_to_keep")
 LOGITS = "logits"
 PAST, PRESENT = "past_key_values", "present"
-# manifest "kv_cache": "preallocated": the decoder writes the new positions into the cache it is
-# given, which must have room for them, bound as both past and present (contrib_ops.cached_attention);
-# "shared" (earlier exports, GroupQueryAttention): the same when bound so, else it concatenates;
-# absent: it concatenates every step.
+# manifest "kv_cache": "preallocated-masked": the decoder writes the new positions into the cache it
+# is given, which must have room for them, bound as both past and present, and a one-token step
+# reads the whole cache with the unwritten positions masked, so they must be finite: the runtime
+# zero-fills them (contrib_ops.cached_attention). "preallocated" (earlier exports): the same, but
+# the step reads only the written positions; "shared" (earlier, GroupQueryAttention): written in
+# place when bound so, else concatenated; absent: it concatenates every step. A runtime that does
+# not know a value runs the graph as a concatenating one, which fails instead of reading garbage.
+MASKED_ROOM_KV_CACHE = "preallocated-masked"
 PREALLOCATED_KV_CACHE = "preallocated"
 SHARED_KV_CACHE = "shared"
-IN_PLACE_KV_CACHES = (PREALLOCATED_KV_CACHE, SHARED_KV_CACHE)
+ROOM_KV_CACHES = (MASKED_ROOM_KV_CACHE, PREALLOCATED_KV_CACHE)  # the graph cannot grow them
+IN_PLACE_KV_CACHES = (*ROOM_KV_CACHES, SHARED_KV_CACHE)
 
 # Variant names: torch (the checkpoint in transformers), onnx-<dtype>, gptq-int<bits> and
 # rtn-int<bits> (GPTQModel checkpoints), remote (an OpenAI-compatible server).

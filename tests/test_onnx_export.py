@@ -110,7 +110,7 @@ def test_fp32_generates_the_torch_reply(tiny_variant, onnx_fp32, qtype):
 def test_kv_cache_decode_equals_full_recompute(onnx_fp32, new_tokens):
     """The preallocated cache, written in place: with room for the reply (as generate() allocates
     it), and with room for the prompt only, moved to a larger one when a step finds it full."""
-    assert onnx_fp32.shared_cache and onnx_fp32.manifest["kv_cache"] == "preallocated"
+    assert onnx_fp32.shared_cache and onnx_fp32.manifest["kv_cache"] == "preallocated-masked"
     sample = shapes.heldout("color")
     batch = build_batch(onnx_fp32.processor, [sample.messages()])
     prompt = batch["input_ids"].shape[1]

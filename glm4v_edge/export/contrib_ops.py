@@ -225,16 +225,23 @@ def cached_attention_onnx(query, key, value, key_cache, value_cache, attention_b
 def _grouped_decode_attention(query, key_cache, value_cache, attention_bias, total, heads: int, kv_heads: int,
                               head_dim: int, layer: str) -> ir.Graph:
     """The ``If`` branch for one new token: (batch, 1, heads * head_dim) out. Query heads
-    ``h * groups .. (h + 1) * groups`` use key/value head ``h``: (batch, kv, groups, head_dim)."""
+    ``h * groups .. (h + 1) * groups`` use key/value head ``h``: (batch, kv, groups, head_dim).
+
+    It reads the whole preallocated cache in place, its unwritten positions masked (the runtime
+    zero-fills them, so they score 0 before the mask): slicing the written part copied it first,
+    a write and a read more than the products' one read (61 ms of a 217 ms step at 4096 positions)."""
     tape = ir.tape.Tape()
-    keys, values = (tape.op("Slice", [cache, _tape_ints(tape, 0), total, _tape_ints(tape, 2)])
-                    for cache in (key_cache, value_cache))
+    room = tape.op("Shape", [key_cache], {"start": 2, "end": 3})
+    pads = tape.op("Concat", [_tape_ints(tape, 0, 0, 0, 0, 0, 0, 0), tape.op("Sub", [room, total])], {"axis": 0})
+    masked = tape.op("CastLike", [tape.op("Constant", [], {"value": ir.tensor(MASKED, ir.DataType.FLOAT)}),
+                                  attention_bias])
+    # one query row, so no causal mask: the padding bias (batch, 1, 1, total), then the unwritten room
+    bias = tape.op("Pad", [attention_bias, pads, masked])
     q = tape.op("Reshape", [query, _tape_ints(tape, 0, kv_heads, heads // kv_heads, head_dim)])
-    scores = tape.op("FusedMatMul", [q, keys], {"transB": 1, "alpha": 1.0 / math.sqrt(head_dim)},
+    scores = tape.op("FusedMatMul", [q, key_cache], {"transB": 1, "alpha": 1.0 / math.sqrt(head_dim)},
                      domain="com.microsoft")
-    # one query row, so no causal mask: the padding bias (batch, 1, 1, total) alone
-    probs = tape.op("Softmax", [tape.op("Add", [scores, attention_bias])], {"axis": -1})
-    out = tape.op("Reshape", [tape.op("MatMul", [probs, values]), _tape_ints(tape, 0, 1, heads * head_dim)])
+    probs = tape.op("Softmax", [tape.op("Add", [scores, bias])], {"axis": -1})
+    out = tape.op("Reshape", [tape.op("MatMul", [probs, value_cache]), _tape_ints(tape, 0, 1, heads * head_dim)])
     return _branch(tape, out, f"{layer}.grouped_decode_attention")
 
 

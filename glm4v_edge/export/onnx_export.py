@@ -27,7 +27,7 @@ from glm4v_edge.export.streaming import export_graphs
 from glm4v_edge.files import atomic_directory
 from glm4v_edge.machine import available_memory_bytes, describe_machine, peak_rss_mib
 from glm4v_edge.manifest import read_manifest, write_manifest
-from glm4v_edge.names import PREALLOCATED_KV_CACHE
+from glm4v_edge.names import MASKED_ROOM_KV_CACHE
 from glm4v_edge.parity import NEW_TOKENS, measure_against_reference
 from glm4v_edge.progress import SILENT, Progress
 from glm4v_edge.provenance import source_record, tool_versions
@@ -148,7 +148,7 @@ def export_onnx(
     with atomic_directory(out, overwrite or bool(kept)) as staging:
         save_processor_files(source, staging)
         export_graphs(reader, staging, settings.dtypes, settings.q4, progress=progress)
-        layout = {"dtypes": list(settings.dtypes), "kv_cache": PREALLOCATED_KV_CACHE}
+        layout = {"dtypes": list(settings.dtypes), "kv_cache": MASKED_ROOM_KV_CACHE}
         write_manifest(staging, layout)  # provisional: lets the ONNX variant load
         record = measure_parity(source, staging, settings, parameters, progress) if settings.parity else {
             "measured": False, "reason": "--no-parity"}

@@ -35,8 +35,8 @@ from glm4v_edge.names import (
     EMBED_INPUT,
     IN_PLACE_KV_CACHES,
     PAST,
-    PREALLOCATED_KV_CACHE,
     PRESENT,
+    ROOM_KV_CACHES,
     VISION_INPUTS,
     external_data_files,
     graph_file,
@@ -216,7 +216,7 @@ class OnnxVariant:
         # Exports that say so update the cache in place; older ones concatenate. A preallocated
         # cache must always have room for the new positions (the graph cannot grow it).
         self.shared_cache = self.manifest.get("kv_cache") in IN_PLACE_KV_CACHES
-        self.cache_needs_room = self.manifest.get("kv_cache") == PREALLOCATED_KV_CACHE
+        self.cache_needs_room = self.manifest.get("kv_cache") in ROOM_KV_CACHES
         self.kv_heads, self.head_dim = kv_shape(self.config)
         self.context_length = context_length(self.config)
         self.prompt_cache: PromptCache | None = None  # set by the loader: reuse earlier prompts' cache
@@ -289,13 +289,14 @@ class OnnxVariant:
     def new_cache(self, batch_size: int, positions: int = 0, prefix: list[np.ndarray] | None = None,
                   filled: int = 0) -> tuple[list[ort.OrtValue], list[np.ndarray]]:
         """A cache with room for ``positions`` (0: the empty cache a per-step graph joins to), its
-        first ``filled`` positions copied from ``prefix`` and the rest uninitialised: the attention
-        reads only the positions written so far. Returns the values to bind and the host arrays
+        first ``filled`` positions copied from ``prefix`` and the rest zeros: a one-token step reads
+        the whole room with the unwritten positions masked, and masked garbage could be NaN (zeroed
+        pages cost nothing until written). Returns the values to bind and the host arrays
         behind them (on CPU the values point at those arrays; keep them alive together)."""
         dtype = self.decoder.float_type(self.past_names[0])
         arrays = []
         for index in range(len(self.past_names)):
-            array = np.empty((batch_size, self.kv_heads, positions, self.head_dim), dtype=dtype)
+            array = np.zeros((batch_size, self.kv_heads, positions, self.head_dim), dtype=dtype)
             if filled:
                 array[:, :, :filled] = prefix[index][:, :, :filled]
             arrays.append(array)

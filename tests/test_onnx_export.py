@@ -109,7 +109,9 @@ def test_fp32_generates_the_torch_reply(tiny_variant, onnx_fp32, qtype):
 @pytest.mark.parametrize("new_tokens", [0, 12], ids=["cache-grown-when-full", "cache-with-room"])
 def test_kv_cache_decode_equals_full_recompute(onnx_fp32, new_tokens):
     """The preallocated cache, written in place: with room for the reply (as generate() allocates
-    it), and with room for the prompt only, moved to a larger one when a step finds it full."""
+    it), and with room for the prompt only, moved to a larger one when a step finds it full. A
+    step reads the whole room, the positions not yet written masked: the runtime zero-fills them
+    (leftover memory could hold NaN, which no mask removes)."""
     assert onnx_fp32.shared_cache and onnx_fp32.manifest["kv_cache"] == "preallocated-masked"
     sample = shapes.heldout("color")
     batch = build_batch(onnx_fp32.processor, [sample.messages()])
@@ -117,6 +119,7 @@ def test_kv_cache_decode_equals_full_recompute(onnx_fp32, new_tokens):
     logits, state = onnx_fp32.prefill(batch, new_tokens=new_tokens)
     cache = state.past
     assert cache[0].shape()[2] == prompt + new_tokens
+    assert all(not host[:, :, prompt:].any() for host in state.host)
     stepped, tokens = [logits[0]], []
     for _ in range(12):
         tokens.append(int(stepped[-1].argmax()))

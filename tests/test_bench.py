@@ -55,6 +55,12 @@ def test_bench_writes_json_markdown_and_plots_and_survives_a_crashing_variant(be
     before, after = record["machine"]["bandwidth_samples"]
     assert reads == {name: max(before["read_gbs"][name], after["read_gbs"][name]) for name in reads}
     assert record["machine"]["copy_bandwidth_gbs"] == max(before["copy_gbs"], after["copy_gbs"])
+    # each variant's read floor: its own loops, measured in its process in turns with its decode
+    # runs (before each of the one warm-up-free run and after it), the fastest loop's bandwidth
+    in_turns = record["results"]["onnx-fp32@healthy"]["latency"]["decode"]["reads_in_turns"]
+    assert in_turns["samples"] == 2 and in_turns["read_bandwidth_gbs"] == max(in_turns["read_gbs"].values())
+    assert fp32["read_floor_gbs"] == in_turns["read_bandwidth_gbs"]
+    assert fp32["read_floor_measured"] == "in turns with its decode" and fp32["decode_vs_run_read_floor"] > 0
     latency = record["results"]["onnx-fp32@healthy"]["latency"]
     assert set(latency) == {"vision", "prefill", "time_to_first_token", "follow_up", "decode"}
     # The follow-up turn started from the first turn's cache: at least the whole first prompt but its last token.

@@ -81,7 +81,7 @@ def run_bench(settings: BenchSettings, progress: Progress = SILENT) -> tuple[dic
               threads=settings.threads, prompt_set=settings.prompts, runs=settings.runs,
               task_questions=plan.task_questions, fidelity_prompts=settings.fidelity_prompts,
               public_set=str(settings.public_set) if settings.public_set else None,
-              public_limit=settings.public_limit)
+              public_limit=settings.public_limit, reads_in_turns=not plan.device.startswith("cuda"))
     results = run_benchmark(job, plan.variants, progress)
     if settings.peers:
         from glm4v_edge.bench.latency import PROMPT_SETS

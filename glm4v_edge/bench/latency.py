@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,9 @@ from glm4v_edge.runtime.inputs import build_batch
 from glm4v_edge.runtime.prompt_cache import DEFAULT_PROMPT_CACHE_GB, PromptCache
 from glm4v_edge.runtime.variant import MeasurableVariant, Sampling
 from glm4v_edge.thinking import Reply, history_text
+
+if TYPE_CHECKING:
+    from glm4v_edge.bench.machine_peak import ReadProbe
 
 FOLLOW_UP = "What else do you see in the image?"
 FILLER = ["the", "red", "circle", "moves", "left", "of", "the", "blue", "square", "and", "the", "green", "triangle"]
@@ -77,7 +81,10 @@ def timed(function, runs: int) -> dict:
     return stats(times)
 
 
-def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -> dict | None:
+def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int,
+                    reads: ReadProbe | None = None) -> dict | None:
+    """``reads``: its loops are measured before each generate run and after the last, in turns with
+    the decode they bound."""
     if not prompts.decode_tokens:
         return None
     processor = variant.processor
@@ -100,6 +107,8 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
     follows = getattr(variant, "supports_prompt_cache", False)
     first, steps, generated, second, reused = [], [], [], [], []
     for run in range(runs + 1):
+        if reads is not None and run > 0:
+            reads.sample()
         if follows:  # empty per run: turn one finds nothing, turn two finds turn one
             variant.prompt_cache = PromptCache.from_gb(DEFAULT_PROMPT_CACHE_GB)
         events = list(variant.generate(messages, max_new_tokens=prompts.decode_tokens, sampling=Sampling.greedy()))
@@ -117,6 +126,8 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
         if follow_up is not None:
             second.append(follow_up.elapsed_s)
             reused.append(follow_up.cached_tokens)
+    if reads is not None and steps:
+        reads.sample()
     decode = stats(steps) if steps else None
     return {
         "vision": vision,
@@ -125,5 +136,6 @@ def measure_latency(variant: MeasurableVariant, prompts: PromptSet, runs: int) -
                                  "prompt_tokens": first_prompt_tokens} if first else None),
         "follow_up": ({**stats(second), "cached_tokens": reused, "question": FOLLOW_UP} if second else None),
         "decode": decode and {**decode, "tokens_per_s": round(1000 / decode["median_ms"], 2),
-                              "tokens_per_run": generated},
+                              "tokens_per_run": generated,
+                              **({"reads_in_turns": reads.fastest()} if reads is not None and reads.samples else {})},
     }

@@ -5,7 +5,8 @@ int8 arithmetic with) and the read-only memory bandwidth.
 These are the rates the stage profile (``stage_profile.py``) divides a stage's multiply-adds and
 bytes by. A peak is the best of ``runs`` timed runs of each kernel on large square matrices; the
 int8 peak is the fastest of MatMulInteger and MatMulNBits at 8 and 4 bits with int8 arithmetic
-(accuracy level 4), so no int8 node of a graph can run faster than it. The read bandwidth is the
+(accuracy level 4; 4 bits at each block size an export may use), so no int8 node of a graph can
+run faster than it. The read bandwidth is the
 fastest of several read-only loops over an array far past any cache (numpy reductions split over
 the threads, onnxruntime's ReduceMax, and onnxruntime's MatMulNBits on one row: a decode step's own
 kernel and shape, on weights alone): a decode step that reads its weights once cannot beat bytes / it.
@@ -50,13 +51,17 @@ def matmul_model(op: str, weight: np.ndarray, input_type: int, output_type: int)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
-def nbits_kernel(bits: int) -> str:
-    """The name of MatMulNBits' int8-arithmetic kernel at ``bits`` (a key of ``gemm_peaks``)."""
-    return f"int8 MatMulNBits {bits}-bit"
+NBITS_BLOCKS = {4: (32, 64, 128, 256), 8: (128,)}  # the block sizes measured: 8-bit exports use 128
+
+
+def nbits_kernel(bits: int, block: int) -> str:
+    """The name of MatMulNBits' int8-arithmetic kernel at ``bits`` and ``block`` (a key of ``gemm_peaks``)."""
+    return f"int8 MatMulNBits {bits}-bit, block {block}"
 
 
 def gemm_models(size: int) -> dict[str, tuple]:
-    """kernel name -> (model, input array): fp32 MatMul, MatMulInteger, MatMulNBits 8 and 4 bits."""
+    """kernel name -> (model, input array): fp32 MatMul, MatMulInteger, MatMulNBits at each
+    measured bit width and block size (the block changes the kernel's speed)."""
     from onnx import TensorProto
 
     from glm4v_edge.export.precisions import in_8bit, to_q4
@@ -71,14 +76,15 @@ def gemm_models(size: int) -> dict[str, tuple]:
     def fp32():
         return matmul_model("MatMul", weight, TensorProto.FLOAT, TensorProto.FLOAT)
 
-    settings = Q4Settings(block_size=128)
-    eight_bit = fp32()
-    eight_bit = in_8bit(eight_bit, list(eight_bit.graph.node), settings)
-    return {FP32_KERNEL: (fp32(), activations),
-            INTEGER_KERNEL: (matmul_model("MatMulInteger", int8_weight, TensorProto.UINT8, TensorProto.INT32),
-                             int8_activations),
-            nbits_kernel(8): (eight_bit, activations),
-            nbits_kernel(4): (to_q4(fp32(), settings), activations)}
+    models = {FP32_KERNEL: (fp32(), activations),
+              INTEGER_KERNEL: (matmul_model("MatMulInteger", int8_weight, TensorProto.UINT8, TensorProto.INT32),
+                               int8_activations)}
+    for block in NBITS_BLOCKS[8]:
+        eight_bit = fp32()
+        models[nbits_kernel(8, block)] = (in_8bit(eight_bit, list(eight_bit.graph.node), Q4Settings()), activations)
+    for block in NBITS_BLOCKS[4]:
+        models[nbits_kernel(4, block)] = (to_q4(fp32(), Q4Settings(block_size=block)), activations)
+    return models
 
 
 def gemm_peaks(threads: int, size: int = GEMM_SIZE, runs: int = 3) -> dict[str, float]:
@@ -113,12 +119,12 @@ def decode_kernel(threads: int, read_bytes: int, block: int = 128):
     return (lambda: kernel.run(None, {"X": activations})), packed.nbytes + scales.nbytes
 
 
-def read_loops(threads: int, read_bytes: int, pool: ThreadPoolExecutor) -> dict:
-    """name -> (a function reading ``read_bytes`` once, split over ``threads`` (numpy's parts run in
-    ``pool``: numpy releases the GIL), the bytes it reads)."""
+def array_read_loops(words: np.ndarray, threads: int, pool: ThreadPoolExecutor) -> dict:
+    """name -> (a function reading ``words`` once, split over ``threads`` (numpy's parts run in
+    ``pool``: numpy releases the GIL), the bytes it reads): numpy's reductions and onnxruntime's
+    ReduceMax, all over the one array."""
     from onnx import TensorProto, helper
 
-    words = np.ones(read_bytes // 8, dtype=np.uint64)
     floats = words.view(np.float32)
     parts = thread_slices(len(words), threads)
 
@@ -130,13 +136,46 @@ def read_loops(threads: int, read_bytes: int, pool: ThreadPoolExecutor) -> dict:
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])]), opset_imports=[helper.make_opsetid("", 21)])
     kernel = cpu_session(reduce_max, threads)
-    decode, decode_bytes = decode_kernel(threads, read_bytes)
     return {
         "numpy bitwise_or.reduce": (split(lambda part: np.bitwise_or.reduce(words[part])), words.nbytes),
         "numpy float32 max": (split(lambda part: floats[2 * part.start:2 * part.stop].max()), words.nbytes),
         "onnxruntime ReduceMax": (lambda: kernel.run(None, {"X": floats}), words.nbytes),
-        DECODE_LOOP: (decode, decode_bytes),
     }
+
+
+def read_loops(threads: int, read_bytes: int, pool: ThreadPoolExecutor) -> dict:
+    """``array_read_loops`` over a new array of ``read_bytes``, and a decode step's own kernel."""
+    decode, decode_bytes = decode_kernel(threads, read_bytes)
+    return {**array_read_loops(np.ones(read_bytes // 8, dtype=np.uint64), threads, pool),
+            DECODE_LOOP: (decode, decode_bytes)}
+
+
+class ReadProbe:
+    """The read-only loops of one array, kept in a variant's own process to be measured in turns
+    with its decode runs: a shared machine's bandwidth drifts within minutes (27 to 64 GB/s in one
+    2026-12-08 run), so a floor from before or after the variants bounds a different machine.
+
+    Made before the variant loads, its array stays resident to the end: the process's peak
+    RSS less ``resident_mib`` is the variant's own (the machine has no swap to page it out)."""
+
+    def __init__(self, threads: int, read_mib: int = READ_MIB):
+        self.pool = ThreadPoolExecutor(threads)
+        self.words = np.ones(read_mib * 2**20 // 8, dtype=np.uint64)  # written: every page resident
+        self.loops = array_read_loops(self.words, threads, self.pool)
+        self.samples: list[dict[str, float]] = []
+
+    @property
+    def resident_mib(self) -> float:
+        return self.words.nbytes / 2**20
+
+    def sample(self, runs: int = 3) -> None:
+        self.samples.append({name: round(size / best_seconds(loop, runs) / 1e9, 2)
+                             for name, (loop, size) in self.loops.items()})
+
+    def fastest(self) -> dict:
+        """Each loop's best over the samples, the fastest of them, and how many samples there were."""
+        reads = faster_reads(self.samples)
+        return {"read_gbs": reads, **fastest_read(reads), "samples": len(self.samples)}
 
 
 def read_bandwidths(threads: int, read_mib: int = READ_MIB, runs: int = 5) -> dict[str, float]:

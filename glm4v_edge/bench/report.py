@@ -66,10 +66,19 @@ def summarize(results: dict[str, dict], baseline: str, bandwidth_gbs: float,
                                      if result.get("decoder_bytes") else None)
         row["decode_vs_floor"] = (round(row["decode_ms"] / row["floor_ms_per_token"], 2)
                                   if row["decode_ms"] and row["floor_ms_per_token"] else None)
-        row["read_floor_ms_per_token"] = (floor_ms_per_token(result["decoder_bytes"], read_bandwidth_gbs)
-                                          if result.get("decoder_bytes") and read_bandwidth_gbs else None)
+        # a variant measured its read loops in turns with its decode: that floor bounds the same
+        # machine the decode ran on; peers (and older records) have the run's before/after samples
+        in_turns = decode.get("reads_in_turns") or {}
+        row["read_floor_gbs"] = in_turns.get("read_bandwidth_gbs") or read_bandwidth_gbs
+        row["read_floor_measured"] = ("in turns with its decode" if in_turns
+                                      else "before and after the variants" if read_bandwidth_gbs else None)
+        row["read_floor_ms_per_token"] = (floor_ms_per_token(result["decoder_bytes"], row["read_floor_gbs"])
+                                          if result.get("decoder_bytes") and row["read_floor_gbs"] else None)
         row["decode_vs_read_floor"] = (round(row["decode_ms"] / row["read_floor_ms_per_token"], 2)
                                        if row["decode_ms"] and row["read_floor_ms_per_token"] else None)
+        row["decode_vs_run_read_floor"] = (  # against the run's fastest sample, for comparison
+            round(row["decode_ms"] / floor_ms_per_token(result["decoder_bytes"], read_bandwidth_gbs), 2)
+            if row["decode_ms"] and result.get("decoder_bytes") and read_bandwidth_gbs else None)
         row["peak_rss_mib"] = result.get("peak_rss_mib")
         row["cuda_peak_mib"] = result.get("cuda_peak_mib")
         fidelity = result.get("fidelity")
@@ -162,10 +171,13 @@ def markdown(record: dict) -> str:
     lines += ["", "Bits/weight: stored bits per weight of the decoder graph's matrices (linears and lm_head, "
               "scales and zero points included), what a decode step reads per weight.",
               "", "Floor: decoder weight bytes / copy bandwidth (read + write), the least time one decode step can "
-              "take. Read floor: the same bytes / the fastest read-only loop measured in this run on the variants' "
-              "threads (machine_peak.py), a tighter bound when reads alone run slower than a copy counts; (x): "
-              "decode ms/token / read floor. Both bandwidths are measured before the variants and again after "
-              "them, the faster sample kept.",
+              "take. Read floor: the same bytes / the fastest read-only loop on the variants' threads "
+              "(machine_peak.py), a tighter bound when reads alone run slower than a copy counts; (x): decode "
+              "ms/token / read floor. Each variant measures its read loops in its own process, in turns with its "
+              "decode runs (before each and after the last; the fastest sample kept), so the floor bounds the "
+              "machine its decode ran on: a shared machine's bandwidth drifts within minutes. Peers' read floors, "
+              "and the copy floor, use the samples taken before the variants and after them (the faster kept); "
+              "the JSON keeps each variant's ratio to that run-wide read floor too.",
               "", "Follow-up TTFT: time to the first token of a second turn about the same image (history as the "
               "demo sends it: the first answer, then a new question), starting from the first turn's prompt cache."]
     lines += peer_lines(summary)

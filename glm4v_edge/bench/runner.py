@@ -39,6 +39,7 @@ class Job:
     max_new_tokens: int = 64
     references: dict[str, Any] | None = None  # from the baseline; None: this job is the baseline
     label: str | None = None  # the report row's name (None: the variant's own)
+    reads_in_turns: bool = False  # measure the read-only loops in turns with the decode runs (CPU)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,13 +58,19 @@ def measure(job: Job) -> dict:
 
     if job.threads:
         torch.set_num_threads(job.threads)
+    reads = None
+    if job.reads_in_turns:  # before the load: its array is resident under everything the variant does
+        from glm4v_edge.bench.bandwidth import default_threads
+        from glm4v_edge.bench.machine_peak import ReadProbe
+
+        reads = ReadProbe(job.threads or default_threads())
     started = time.perf_counter()
     variant = _load(job)
     result: dict[str, Any] = {"status": "ok", "name": job.label or variant.name,
                               "load_s": round(time.perf_counter() - started, 3),
                               "artifact_bytes": variant.artifact_bytes, "decoder_bytes": variant.decoder_bytes,
                               "details": variant.details}
-    result["latency"] = measure_latency(variant, PROMPT_SETS[job.prompt_set], job.runs)
+    result["latency"] = measure_latency(variant, PROMPT_SETS[job.prompt_set], job.runs, reads)
     prompts = accuracy.fidelity_prompts(job.fidelity_prompts)
     baseline = job.references is None
     if baseline:
@@ -81,7 +88,9 @@ def measure(job: Job) -> dict:
 
         result["public_set"] = score(variant, Path(job.public_set), limit=job.public_limit,
                                      max_new_tokens=job.max_new_tokens)
-    result["peak_rss_mib"] = peak_rss_mib()
+    # the variant's own: the read loops' array, resident from before the load, is not its memory
+    peak = peak_rss_mib()
+    result["peak_rss_mib"] = None if peak is None else round(peak - (reads.resident_mib if reads else 0), 1)
     result["cuda_peak_mib"] = (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                if torch.cuda.is_available() else None)
     return result

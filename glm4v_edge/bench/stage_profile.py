@@ -70,7 +70,7 @@ class NodeInfo:
 
 def kernel_of(op: str, attributes: dict) -> str:
     if op == "MatMulNBits" and attributes.get("accuracy_level") == 4:
-        return nbits_kernel(attributes.get("bits", 4))
+        return nbits_kernel(attributes.get("bits", 4), attributes["block_size"])
     return INTEGER_KERNEL if op in INT8_OPS else FP32_KERNEL
 
 

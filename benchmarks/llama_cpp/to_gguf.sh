@@ -8,6 +8,7 @@
 set -euo pipefail
 : "${LLAMA_CPP_DIR:?set LLAMA_CPP_DIR (printed by build.sh)}"
 CHECKPOINT=$1 PREFIX=$2
+mkdir -p "$(dirname "$PREFIX")"
 HERE=$(cd "$(dirname "$0")" && pwd)
 QUANTIZE=${LLAMA_QUANTIZE:-$(dirname "${LLAMA_BENCH:-$LLAMA_CPP_DIR/../../../build/bin/llama-bench}")/llama-quantize}
 [ -f "$PREFIX-q8_0.gguf" ] || PYTHONPATH=$LLAMA_CPP_DIR/gguf-py "${PYTHON:-python}" "$HERE/convert.py" \

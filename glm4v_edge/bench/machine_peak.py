@@ -152,8 +152,9 @@ def read_loops(threads: int, read_bytes: int, pool: ThreadPoolExecutor) -> dict:
 
 class ReadProbe:
     """The read-only loops of one array, kept in a variant's own process to be measured in turns
-    with its decode runs: a shared machine's bandwidth drifts within minutes (27 to 64 GB/s in one
-    2026-12-08 run), so a floor from before or after the variants bounds a different machine.
+    with its decode runs: a shared machine's read rate swings from second to second (numpy's loop
+    34 to 64 GB/s on 2026-12-08), and two samples before and after the variants can miss the fast
+    moments the decode runs see (a decode then "beats" its floor).
 
     Made before the variant loads, its array stays resident to the end: the process's peak
     RSS less ``resident_mib`` is the variant's own (the machine has no swap to page it out)."""

@@ -174,8 +174,9 @@ def markdown(record: dict) -> str:
               "take. Read floor: the same bytes / the fastest read-only loop on the variants' threads "
               "(machine_peak.py), a tighter bound when reads alone run slower than a copy counts; (x): decode "
               "ms/token / read floor. Each variant measures its read loops in its own process, in turns with its "
-              "decode runs (before each and after the last; the fastest sample kept), so the floor bounds the "
-              "machine its decode ran on: a shared machine's bandwidth drifts within minutes. Peers' read floors, "
+              "decode runs (before each and after the last; the fastest sample kept): a shared machine's read "
+              "rate swings from second to second, and samples taken beside the decode catch the moments it saw. "
+              "Peers' read floors, "
               "and the copy floor, use the samples taken before the variants and after them (the faster kept); "
               "the JSON keeps each variant's ratio to that run-wide read floor too.",
               "", "Follow-up TTFT: time to the first token of a second turn about the same image (history as the "

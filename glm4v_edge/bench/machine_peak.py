@@ -170,8 +170,7 @@ class ReadProbe:
         return self.words.nbytes / 2**20
 
     def sample(self, runs: int = 3) -> None:
-        self.samples.append({name: round(size / best_seconds(loop, runs) / 1e9, 2)
-                             for name, (loop, size) in self.loops.items()})
+        self.samples.append(loop_rates(self.loops, runs))
 
     def fastest(self) -> dict:
         """Each loop's best over the samples, the fastest of them, and how many samples there were."""
@@ -179,11 +178,15 @@ class ReadProbe:
         return {"read_gbs": reads, **fastest_read(reads), "samples": len(self.samples)}
 
 
+def loop_rates(loops: dict, runs: int) -> dict[str, float]:
+    """GB/s of each read loop (``array_read_loops``' form), best of ``runs``."""
+    return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in loops.items()}
+
+
 def read_bandwidths(threads: int, read_mib: int = READ_MIB, runs: int = 5) -> dict[str, float]:
     """GB/s of each read-only loop, best of ``runs``."""
     with ThreadPoolExecutor(threads) as pool:
-        loops = read_loops(threads, read_mib * 2**20, pool)
-        return {name: round(size / best_seconds(loop, runs) / 1e9, 2) for name, (loop, size) in loops.items()}
+        return loop_rates(read_loops(threads, read_mib * 2**20, pool), runs)
 
 
 def faster_reads(samples: list[dict[str, float]]) -> dict[str, float]:
